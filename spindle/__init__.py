@@ -1,0 +1,48 @@
+"""spindle: run big streams of jobs at the highest throughput the machine allows.
+
+asyncio (I/O), threads (blocking calls) and processes (CPU work, optionally each with
+its own event loop) in one bounded pipeline that reads its input lazily, loses
+nothing, and stops cleanly.
+"""
+
+from ._api import cpu as cpu
+from ._api import io as io
+from ._api import map as map
+from ._api import thread as thread
+from ._core.pipeline import Pipeline as Pipeline
+from ._core.pipeline import Results as Results
+from ._core.runner import StageStats as StageStats
+from ._core.stage import Stage as Stage
+from ._errors import ConfigError as ConfigError
+from ._errors import JobError as JobError
+from ._errors import MalformedInput as MalformedInput
+from ._errors import PipelineClosed as PipelineClosed
+from ._errors import RemoteTraceback as RemoteTraceback
+from ._errors import SpindleError as SpindleError
+from ._errors import Timeout as Timeout
+from ._errors import Unpicklable as Unpicklable
+from ._errors import WorkerCrashed as WorkerCrashed
+from ._failure import Failure as Failure
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Failure",
+    "JobError",
+    "MalformedInput",
+    "Pipeline",
+    "PipelineClosed",
+    "RemoteTraceback",
+    "Results",
+    "SpindleError",
+    "Stage",
+    "StageStats",
+    "Timeout",
+    "Unpicklable",
+    "WorkerCrashed",
+    "cpu",
+    "io",
+    "map",
+    "thread",
+]

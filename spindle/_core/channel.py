@@ -1,0 +1,313 @@
+"""Bounded FIFO channels between the parts of a pipeline.
+
+A channel joins two parties, each of which is either a coroutine on the pipeline's
+event loop or a plain thread (the thread that reads the user's iterable, or the
+caller's thread iterating over results)::
+
+    source thread ──put_blocking──▶ [channel] ──get──▶ stage (event loop)
+    stage        ──put──────────▶ [channel] ──get──▶ next stage
+    last stage   ──put──────────▶ [channel] ──get_blocking──▶ caller thread
+
+Items move in lists (chunks) so that one wake-up moves many items; a put never
+blocks while there is room, a get never blocks while there is an item. The capacity is a bound,
+never "unbounded": a full channel makes its producer wait (backpressure), and that is
+how a slow stage slows the source down.
+
+Thread-safety relies on the GIL making ``deque.append``/``popleft`` atomic, plus the
+usual register-then-recheck protocol under ``_lock`` for sleeping: a party that is
+about to sleep first registers its waiter and then looks again, and the other party
+always changes the data first and then looks for waiters, so a wake-up is never
+missed. The fast paths (room to put, items to get) take no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class _Waiter:
+    """One sleeping party: a future on an event loop, or a lock a thread blocks on."""
+
+    __slots__ = ("_fut", "_lock", "_loop", "_thread_id")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
+        if loop is not None:
+            self._fut: asyncio.Future[None] | None = loop.create_future()
+            self._thread_id = threading.get_ident()
+            self._lock: threading.Lock | None = None
+        else:
+            self._fut = None
+            self._lock = threading.Lock()
+            self._lock.acquire()
+
+    def wake(self) -> None:
+        if self._fut is not None:
+            assert self._loop is not None
+            if threading.get_ident() == self._thread_id:
+                if not self._fut.done():
+                    self._fut.set_result(None)
+            else:
+                try:
+                    self._loop.call_soon_threadsafe(self._set)
+                except RuntimeError:  # the loop is closed: nobody is left to wake
+                    pass
+        else:
+            assert self._lock is not None
+            try:
+                self._lock.release()
+            except RuntimeError:  # already woken
+                pass
+
+    def _set(self) -> None:
+        assert self._fut is not None
+        if not self._fut.done():
+            self._fut.set_result(None)
+
+    async def wait(self) -> None:
+        assert self._fut is not None
+        await self._fut
+
+    def wait_blocking(self, timeout: float | None) -> None:
+        assert self._lock is not None
+        self._lock.acquire(timeout=-1 if timeout is None else timeout)
+
+
+class ChannelClosed(Exception):
+    """Raised by a put on a channel that was closed (the consumer went away)."""
+
+
+class Channel(Generic[T]):
+    """A bounded FIFO of items with async and blocking ends.
+
+    Items are stored as the lists (chunks) they were put in, so moving a batch costs
+    the same whatever its length. ``capacity`` bounds the number of items held; a put
+    waits until its list fits, except that a list longer than the capacity is
+    accepted once the channel is empty (a batch is never split, and the bound is
+    ``max(capacity, largest list put)``).
+
+    One producer thread and one consumer thread at a time (any number of coroutines
+    on one loop count as one thread): the size is ``total_in - total_out``, each
+    counter written by one side only.
+    """
+
+    def __init__(self, capacity: int, name: str = "") -> None:
+        if capacity < 1:
+            raise ValueError(f"channel capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.name = name
+        self._chunks: deque[list[T]] = deque()
+        self._lock = threading.Lock()
+        self._getters: deque[_Waiter] = deque()
+        self._putters: deque[_Waiter] = deque()
+        self._closed = False
+        self._error: BaseException | None = None
+        self.total_in = 0
+        self.total_out = 0
+
+    def __len__(self) -> int:
+        return self.total_in - self.total_out
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<Channel {self.name!r}: {len(self)}/{self.capacity} queued{state}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- producer side -------------------------------------------------------------
+
+    def _fits(self, n: int) -> bool:
+        size = self.total_in - self.total_out
+        return size + n <= self.capacity or size == 0
+
+    def _has_room(self) -> bool:
+        return self.total_in - self.total_out < self.capacity
+
+    def _push(self, items: list[T]) -> None:
+        self._chunks.append(items)
+        self.total_in += len(items)
+        if self._getters:
+            self._wake(self._getters)
+        if self._putters and self._has_room():
+            self._wake(self._putters)  # room is left for another waiting producer
+
+    async def put(self, items: list[T]) -> None:
+        """Add ``items``, waiting for room; raises :class:`ChannelClosed` if closed."""
+        if not items:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._closed:
+                raise ChannelClosed(self.name)
+            if self._fits(len(items)):
+                self._push(items)
+                return
+            waiter = self._register(self._putters, loop, lambda: self._fits(len(items)))
+            if waiter is not None:
+                try:
+                    await waiter.wait()
+                finally:
+                    self._unregister(self._putters, waiter)
+
+    def put_blocking(self, items: list[T]) -> None:
+        """Thread-side put; raises :class:`ChannelClosed` if the channel closes."""
+        if not items:
+            return
+        while True:
+            if self._closed:
+                raise ChannelClosed(self.name)
+            if self._fits(len(items)):
+                self._push(items)
+                return
+            waiter = self._register(self._putters, None, lambda: self._fits(len(items)))
+            if waiter is not None:
+                try:
+                    waiter.wait_blocking(None)
+                finally:
+                    self._unregister(self._putters, waiter)
+
+    def close(self, error: BaseException | None = None) -> None:
+        """No more items will come. Getters drain what is left, then see the end.
+
+        ``error``, if given, is raised by getters after the last item (this is how a
+        failure travels to the caller in order). Closing twice keeps the first error.
+        """
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._error = error
+            waiters = list(self._getters) + list(self._putters)
+            self._getters.clear()
+            self._putters.clear()
+        for w in waiters:
+            w.wake()
+
+    # -- consumer side -------------------------------------------------------------
+
+    def _take(self, max_n: int) -> list[T]:
+        chunks = self._chunks
+        first = chunks.popleft()
+        if len(first) > max_n:
+            chunks.appendleft(first[max_n:])
+            out = first[:max_n]
+        else:
+            out = first
+            if chunks and len(out) + len(chunks[0]) <= max_n:
+                out = list(first)  # a fresh list: the producer's chunks stay untouched
+                while chunks and len(out) + len(chunks[0]) <= max_n:
+                    out.extend(chunks.popleft())
+        self.total_out += len(out)
+        self._after_take()
+        return out
+
+    def _take_chunks(self) -> list[list[T]]:
+        chunks = self._chunks
+        out = [chunks.popleft() for _ in range(len(chunks))]
+        self.total_out += sum(map(len, out))
+        self._after_take()
+        return out
+
+    def _after_take(self) -> None:
+        if self._putters:
+            self._wake(self._putters)
+        if self._chunks and self._getters:
+            self._wake(self._getters)  # pass the turn on: more items than this getter took
+
+    async def get(self, max_n: int) -> list[T]:
+        """Up to ``max_n`` items, waiting for at least one; ``[]`` once closed and empty.
+
+        Raises the error given to :meth:`close`, if any, once the items are drained.
+        """
+        loop: asyncio.AbstractEventLoop | None = None
+        while True:
+            if self._chunks:
+                return self._take(max_n)
+            if self._closed:
+                return self._end()
+            if loop is None:
+                loop = asyncio.get_running_loop()
+            waiter = self._register(self._getters, loop, lambda: bool(self._chunks))
+            if waiter is not None:
+                try:
+                    await waiter.wait()
+                finally:
+                    self._unregister(self._getters, waiter)
+
+    async def get_chunks(self) -> list[list[T]]:
+        """Every chunk queued (at least one), or ``[]`` once closed and empty."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._chunks:
+                return self._take_chunks()
+            if self._closed:
+                return self._end()
+            waiter = self._register(self._getters, loop, lambda: bool(self._chunks))
+            if waiter is not None:
+                try:
+                    await waiter.wait()
+                finally:
+                    self._unregister(self._getters, waiter)
+
+    def get_chunks_blocking(self) -> list[list[T]]:
+        """Thread-side :meth:`get_chunks`."""
+        while True:
+            if self._chunks:
+                return self._take_chunks()
+            if self._closed:
+                return self._end()
+            waiter = self._register(self._getters, None, lambda: bool(self._chunks))
+            if waiter is not None:
+                try:
+                    waiter.wait_blocking(None)
+                finally:
+                    self._unregister(self._getters, waiter)
+
+    def _end(self) -> list[Any]:
+        if self._error is not None:
+            raise self._error
+        return []
+
+    def wait_room_blocking(self) -> None:
+        """Thread-side: wait until the channel has room; raises if it gets closed."""
+        while not self._has_room() and not self._closed:
+            waiter = self._register(self._putters, None, self._has_room)
+            if waiter is not None:
+                try:
+                    waiter.wait_blocking(None)
+                finally:
+                    self._unregister(self._putters, waiter)
+        if self._closed:
+            raise ChannelClosed(self.name)
+
+    # -- sleeping and waking -------------------------------------------------------
+
+    def _register(
+        self, queue: deque[_Waiter], loop: asyncio.AbstractEventLoop | None, ready: Any
+    ) -> _Waiter | None:
+        """Register a waiter, unless the condition became true meanwhile (then None)."""
+        with self._lock:
+            if self._closed or ready():
+                return None
+            waiter = _Waiter(loop)
+            queue.append(waiter)
+            return waiter
+
+    def _unregister(self, queue: deque[_Waiter], waiter: _Waiter) -> None:
+        with self._lock:
+            try:
+                queue.remove(waiter)
+            except ValueError:
+                pass
+
+    def _wake(self, queue: deque[_Waiter]) -> None:
+        with self._lock:
+            waiter = queue.popleft() if queue else None
+        if waiter is not None:
+            waiter.wake()

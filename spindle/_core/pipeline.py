@@ -1,0 +1,409 @@
+"""The pipeline: stages joined by bounded channels, fed lazily, drained by the caller.
+
+::
+
+    caller's iterable ──source thread──▶ ch0 ──▶ stage 1 ──▶ ch1 ──▶ … ──▶ stage n ──▶ out
+                                                   (all stages on one event loop)        │
+    caller  ◀──────────────────── get_blocking / await get ◀─────────────────────────────┘
+
+``run()`` runs the event loop in a thread of its own and hands results to the
+caller's thread through ``out``; ``arun()`` runs the stages on the caller's own loop.
+A synchronous iterable is always read in a thread, because reading it may block (a
+file, a socket, standard input) and must not stall the loop; an async iterable is read
+on the loop.
+
+Every thread, task and process a run starts is joined before the iterator finishes,
+whether it ends normally, by an exception (in a job, the source or the consumer), by
+``close()``/``break`` or by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator, Sequence
+from itertools import islice
+from typing import Any, Literal
+
+from .._errors import ConfigError
+from .._failure import Failure
+from ..executors.base import Executor
+from .channel import Channel, ChannelClosed
+from .loop import new_event_loop
+from .runner import StageRunner, StageStats
+from .stage import Stage
+
+OnError = Literal["raise", "yield"]
+#: Capacity of the channel between the last stage and the caller.
+OUTPUT_BUFFER = 8192
+#: Seconds the caller waits for the source thread to finish after a stop; a source
+#: blocked inside the user's iterable (stdin, a socket) cannot be interrupted.
+_SOURCE_JOIN = 2.0
+
+
+class Pipeline:
+    """A sequence of stages run as one bounded pipeline.
+
+    >>> import spindle
+    >>> p = spindle.Pipeline([spindle.thread(str.upper), spindle.thread(len)])
+    >>> list(p.run(["a", "bb"]))
+    [1, 2]
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        ordered: bool = True,
+        on_error: OnError = "raise",
+        buffer: int = OUTPUT_BUFFER,
+    ) -> None:
+        if not stages:
+            raise ConfigError("a Pipeline needs at least one stage")
+        for s in stages:
+            if not isinstance(s, Stage):
+                raise ConfigError(
+                    f"Pipeline stages are made with spindle.io(), spindle.thread() or "
+                    f"spindle.cpu(); got {type(s).__name__}"
+                )
+        if on_error not in ("raise", "yield"):
+            raise ConfigError(f"on_error must be 'raise' or 'yield', not {on_error!r}")
+        self.stages = list(stages)
+        self.ordered = ordered
+        self.on_error = on_error
+        self.buffer = buffer
+        self._last: _Execution | None = None
+
+    def __repr__(self) -> str:
+        names = " -> ".join(f"{s.name}({s.kind})" for s in self.stages)
+        return f"<Pipeline {names}>"
+
+    def run(self, items: Iterable[Any], *, with_inputs: bool = False) -> Results:
+        """Run over ``items``; a lazy iterator of results (``(input, result)`` pairs
+        with ``with_inputs``). Nothing starts until the first result is asked for."""
+        ex = _Execution(self, items, with_inputs)
+        self._last = ex
+        return Results(ex)
+
+    def arun(
+        self, items: Iterable[Any] | AsyncIterable[Any], *, with_inputs: bool = False
+    ) -> AsyncIterator[Any]:
+        """Like :meth:`run`, as an async iterator on the running event loop."""
+        ex = _Execution(self, items, with_inputs)
+        self._last = ex
+        return ex.aiterate()
+
+    def stats(self) -> list[StageStats]:
+        """Counters of each stage of the latest run."""
+        return self._last.stats() if self._last is not None else []
+
+    def bound(self) -> int:
+        """The most items a run of this pipeline holds at once, whatever the input size.
+
+        The sum of each stage's input buffer and in-flight window (tickets times
+        the largest batch), plus the output buffer twice (the buffer, and the chunk
+        the caller is iterating through). A flat-map stage multiplies what follows it by
+        its outputs per input.
+        """
+        total = 2 * self.buffer
+        for s in self.stages:
+            capacity = s.capacity
+            total += s.input_buffer + (2 * capacity + capacity) * s.max_batch
+        return total
+
+
+class Results(Iterator[Any]):
+    """The lazy iterator of a run. ``close()`` (or leaving a ``for`` loop, or garbage
+    collection) stops the run and every worker."""
+
+    def __init__(self, ex: _Execution) -> None:
+        self._ex = ex
+        self._gen: Generator[Any, None, None] = ex.iterate()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._gen
+
+    def __next__(self) -> Any:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+
+    def __enter__(self) -> Results:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> list[StageStats]:
+        return self._ex.stats()
+
+
+class _Execution:
+    """One run of a pipeline: its channels, executors, runners and threads."""
+
+    def __init__(self, pipeline: Pipeline, items: Any, with_inputs: bool) -> None:
+        self.pipeline = pipeline
+        self.items = items
+        self.tagged = with_inputs
+        stages = pipeline.stages
+        self.channels: list[Channel[Any]] = [
+            Channel(s.input_buffer, name=f"{s.name}.in") for s in stages
+        ]
+        self.out: Channel[Any] = Channel(pipeline.buffer, name="out")
+        self.executors: list[Executor] = [s.make_executor() for s in stages]
+        self.runners: list[StageRunner] = []
+        for i, (stage, ex) in enumerate(zip(stages, self.executors, strict=True)):
+            last = i == len(stages) - 1
+            nxt = self.out if last else self.channels[i + 1]
+            stop = self._on_failure if last and pipeline.on_error == "raise" else None
+            self.runners.append(
+                StageRunner(
+                    stage,
+                    ex,
+                    self.channels[i],
+                    nxt,
+                    ordered=pipeline.ordered,
+                    tagged=with_inputs,
+                    stop_at_failure=stop,
+                )
+            )
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.main_task: asyncio.Task[None] | None = None
+        self.cancelled = False
+        self.finishing = False
+        self.source_thread: threading.Thread | None = None
+        self.loop_thread: threading.Thread | None = None
+        self.drawn = 0
+
+    def stats(self) -> list[StageStats]:
+        return [r.stats() for r in self.runners]
+
+    # -- the source ----------------------------------------------------------------
+
+    def _read_source(self, iterable: Iterable[Any]) -> None:
+        """The source thread: feed the first channel, item by item, until the end."""
+        channel = self.channels[0]
+        try:
+            it = iter(iterable)
+            if self.tagged:  # a Failure from the source (a malformed line) keeps its input
+                it = ((x.item if type(x) is Failure else x, x) for x in it)
+            self.drawn = _feed(channel, it, self)
+        except ChannelClosed:
+            return
+        except BaseException as exc:  # the user's iterable raised: stop the run with it
+            self._fail_from_thread(exc)
+            return
+        channel.close()
+
+    async def _read_async_source(self, iterable: AsyncIterable[Any]) -> None:
+        channel = self.channels[0]
+        try:
+            async for x in iterable:
+                await channel.put([(x, x)] if self.tagged else [x])
+                self.drawn += 1
+        except ChannelClosed:
+            return
+        channel.close()
+
+    def _fail_from_thread(self, exc: BaseException) -> None:
+        loop = self.loop
+        if loop is None:
+            self.out.close(exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._fail, exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.out.close(exc)
+        self._abort()
+
+    def _on_failure(self, failure: Failure) -> None:
+        self._abort()
+
+    def _abort(self) -> None:
+        if self.finishing:  # already shutting down: let the clean-up finish
+            return
+        self.cancelled = True
+        if self.main_task is not None and not self.main_task.done():
+            self.main_task.cancel()
+
+    # -- the main coroutine --------------------------------------------------------
+
+    async def _main(self, async_source: AsyncIterable[Any] | None = None) -> None:
+        self.main_task = asyncio.current_task()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await asyncio.gather(*(ex.start() for ex in self.executors))
+            if async_source is not None:
+                tasks.append(asyncio.create_task(self._read_async_source(async_source)))
+            tasks.extend(asyncio.create_task(r.run()) for r in self.runners)
+            await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            self.out.close()
+        except BaseException as exc:
+            self.cancelled = True
+            self.out.close(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.finishing = True
+            for t in tasks:
+                t.cancel()
+            for ch in self.channels:
+                ch.close()  # releases a source thread waiting for room
+            await _finish(asyncio.gather(*tasks, return_exceptions=True))
+            closing = [ex.aclose(cancel=self.cancelled) for ex in self.executors]
+            await _finish(asyncio.gather(*closing, return_exceptions=True))
+            self.out.close()
+
+    # -- synchronous iteration -----------------------------------------------------
+
+    def _loop_main(self) -> None:
+        loop = self.loop
+        assert loop is not None
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def iterate(self) -> Generator[Any, None, None]:
+        if isinstance(self.items, AsyncIterable) and not isinstance(self.items, Iterable):
+            raise ConfigError("run() takes a synchronous iterable; use arun() for an async one")
+        started = False
+        try:
+            for ex in self.executors:
+                ex.prepare()  # forks happen here, before spindle starts any thread
+            self.loop = new_event_loop()
+            self.loop_thread = threading.Thread(target=self._loop_main, name="spindle-loop")
+            self.loop_thread.start()
+            started = True
+            self.source_thread = threading.Thread(
+                target=self._read_source, args=(self.items,), name="spindle-source", daemon=True
+            )
+            self.source_thread.start()
+            out = self.out
+            while chunks := out.get_chunks_blocking():
+                for chunk in chunks:
+                    yield from chunk
+        finally:
+            self._stop_sync(started)
+
+    def _stop_sync(self, started: bool) -> None:
+        loop, thread = self.loop, self.loop_thread
+        if started and loop is not None and thread is not None:
+            if thread.is_alive():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._abort)
+            _join_uninterrupted(thread, None)
+        else:
+            for ex in self.executors:  # prepared (maybe forked) but never started
+                _run_quietly(ex.aclose(cancel=True))
+            if loop is not None and not loop.is_closed():
+                loop.close()
+        for ch in self.channels:
+            ch.close()
+        if self.source_thread is not None:
+            _join_uninterrupted(self.source_thread, _SOURCE_JOIN)
+
+    # -- asynchronous iteration ----------------------------------------------------
+
+    async def aiterate(self) -> AsyncIterator[Any]:
+        self.loop = asyncio.get_running_loop()
+        for ex in self.executors:
+            ex.prepare()
+        async_source: AsyncIterable[Any] | None = None
+        if isinstance(self.items, AsyncIterable):
+            async_source = self.items
+        else:
+            self.source_thread = threading.Thread(
+                target=self._read_source, args=(self.items,), name="spindle-source", daemon=True
+            )
+        main = asyncio.create_task(self._main(async_source))
+        if self.source_thread is not None:
+            self.source_thread.start()
+        try:
+            out = self.out
+            while chunks := await out.get_chunks():
+                for chunk in chunks:
+                    for x in chunk:
+                        yield x
+        finally:
+            if not main.done():
+                self._abort()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(main)
+            for ch in self.channels:
+                ch.close()
+            if self.source_thread is not None:
+                self.source_thread.join(_SOURCE_JOIN)
+
+
+#: Iterators that never block, read in chunks by the source thread.
+_EMPTY: tuple[Iterable[Any], ...] = ([], (), range(0), "", b"", {}, set(), frozenset(), {}.values())
+_IN_MEMORY = tuple(type(iter(x)) for x in _EMPTY)
+_SOURCE_CHUNK = 1024
+
+
+def _feed(channel: Channel[Any], it: Iterator[Any], ex: _Execution) -> int:
+    """Feed the first channel from the caller's iterator; return how many items.
+
+    An iterator over an in-memory collection cannot block, so it is read in chunks at
+    C speed. Any other iterator (a generator, a file, a socket) might block between
+    two items, so each item is put as soon as it is read: nothing waits in the source
+    thread for a chunk to fill.
+    """
+    n = 0
+    if isinstance(it, _IN_MEMORY):
+        put = channel.put_blocking
+        while chunk := list(islice(it, _SOURCE_CHUNK)):
+            put(chunk)
+            n += len(chunk)
+            ex.drawn = n
+        return n
+    chunks = channel._chunks
+    append = chunks.append
+    for n, item in enumerate(it, 1):
+        # Inline fast path of put_blocking([item]) (see spindle._core.channel).
+        if channel.total_in - channel.total_out >= channel.capacity:
+            ex.drawn = n - 1
+            channel.wait_room_blocking()  # raises ChannelClosed when the run stops
+        append([item])
+        channel.total_in += 1
+        if channel._getters:
+            channel._wake(channel._getters)
+    return n
+
+
+async def _finish(fut: asyncio.Future[Any]) -> None:
+    """Await clean-up to its end, even if this task is cancelled meanwhile."""
+    while not fut.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(fut)
+
+
+def _join_uninterrupted(thread: threading.Thread, timeout: float | None) -> None:
+    """Join a thread even if a KeyboardInterrupt arrives meanwhile (then re-raise it)."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            thread.join(timeout)
+            break
+        except KeyboardInterrupt as exc:  # keep joining: leaving now would orphan workers
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
+def _run_quietly(coro: Any) -> None:
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(coro)
+    except Exception:
+        pass
+    finally:
+        loop.close()

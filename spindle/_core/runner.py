@@ -1,0 +1,273 @@
+"""Running one stage: slots take batches from the input channel, an emitter puts results out.
+
+::
+
+    input ──get(batch)──▶ slot 1 ─┐                 ┌──────────────┐
+                          slot 2 ─┼─ executor.run ─▶│ done tickets │──emitter──▶ output
+                          slot N ─┘                 └──────────────┘  (ticket order when
+                                                                       ordered; else at once)
+
+Each batch a slot takes gets the next *ticket* at the moment it is taken (no await
+between the two), so ticket order is input order. With ``ordered=True`` the emitter
+releases tickets in that order; the ``window`` caps how many tickets may be taken but
+not yet emitted, which bounds the reorder buffer: when one item is slow, up to
+``window`` later batches wait behind it and then the stage takes no new work until
+it is done. With ``ordered=False`` results leave as soon as they are done and the
+window only caps how much waits for a full output channel.
+
+A :class:`~spindle.Failure` arriving from an earlier stage passes through untouched,
+in its place. When ``stop_at_failure`` is set (the last stage, with
+``on_error="raise"``), the emitter puts out the results before the first failure and
+then closes the output channel with that failure's exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .._failure import Failure
+from ..executors.base import Executor, Outcome
+from .channel import Channel
+from .stage import Stage
+
+
+@dataclass(slots=True)
+class StageStats:
+    """Counters of one stage, as plain data."""
+
+    name: str
+    kind: str
+    done: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    queued: int = 0
+    workers: int = 0
+    restarts: int = 0
+
+    def __repr__(self) -> str:
+        def n(v: int) -> str:
+            return f"{v:,}".replace(",", " ")
+
+        return (
+            f"{self.name} ({self.kind}): {n(self.in_flight)} running, {n(self.queued)} queued, "
+            f"{n(self.done)} done, {n(self.failed)} failed"
+        )
+
+
+class StageRunner:
+    def __init__(
+        self,
+        stage: Stage,
+        executor: Executor,
+        inp: Channel[Any],
+        out: Channel[Any],
+        *,
+        ordered: bool,
+        tagged: bool,
+        stop_at_failure: Callable[[Failure], None] | None = None,
+        window: int | None = None,
+    ) -> None:
+        self.stage = stage
+        self.executor = executor
+        self.inp = inp
+        self.out = out
+        self.ordered = ordered
+        self.tagged = tagged
+        self.stop_at_failure = stop_at_failure
+        self.window = window or 2 * executor.capacity
+        self.flat = stage.flat
+        self._issued = 0
+        self._emitted = 0
+        self._ready: dict[int, tuple[list[Any], int]] = {}
+        self._ready_fifo: deque[tuple[list[Any], int]] = deque()
+        self._emitter_wake: asyncio.Future[None] | None = None
+        self._room_waiters: list[asyncio.Future[None]] = []
+        self._slots_left = 0
+        self.done = 0
+        self.failed = 0
+        self.in_flight = 0
+
+    def stats(self) -> StageStats:
+        extra = self.executor.stats()
+        return StageStats(
+            name=self.stage.name,
+            kind=self.stage.kind,
+            done=self.done,
+            failed=self.failed,
+            in_flight=self.in_flight,
+            queued=len(self.inp),
+            workers=int(extra.get("workers", self.stage.workers)),
+            restarts=int(extra.get("restarts", 0)),
+        )
+
+    @property
+    def bound(self) -> int:
+        """Most items this stage holds at once, its input channel included."""
+        per_ticket = self.stage.max_batch
+        return self.inp.capacity + (self.window + self.executor.capacity) * per_ticket
+
+    async def run(self) -> None:
+        n = self.executor.capacity
+        self._slots_left = n
+        emitter = asyncio.create_task(self._emit(), name=f"spindle-emit-{self.stage.name}")
+        slots = [
+            asyncio.create_task(self._slot(), name=f"spindle-slot-{self.stage.name}")
+            for _ in range(n)
+        ]
+        try:
+            await asyncio.gather(*slots)
+            await emitter
+        finally:
+            for task in (*slots, emitter):
+                task.cancel()
+        self.out.close()
+
+    # -- slots ---------------------------------------------------------------------
+
+    async def _slot(self) -> None:
+        try:
+            await self._slot_loop()
+        finally:
+            self._slots_left -= 1
+            self._wake_emitter()
+
+    async def _slot_loop(self) -> None:
+        ex, inp = self.executor, self.inp
+        while True:
+            while self._issued - self._emitted >= self.window:
+                fut = asyncio.get_running_loop().create_future()
+                self._room_waiters.append(fut)
+                await fut
+            items = await inp.get(ex.batch_size())
+            if not items:
+                return
+            ticket = self._issued  # taken together with the items: ticket order = input order
+            self._issued += 1
+            n = len(items)
+            self.in_flight += n
+            try:
+                if self.tagged:
+                    tags = [t for t, _ in items]
+                    values = [v for _, v in items]
+                    outcome = await self._execute(values)
+                else:
+                    tags = None
+                    outcome = await self._execute(items)
+            finally:
+                self.in_flight -= n
+            self._deliver(ticket, tags, outcome)
+
+    async def _execute(self, items: list[Any]) -> Outcome:
+        if Failure not in map(type, items):
+            outcome = await self.executor.run(items)
+            self.failed += outcome.failures
+            self.done += len(items) - outcome.failures
+            return outcome
+        # Failures from an earlier stage pass through in place; the rest runs.
+        results: list[Any] = []
+        failures = 0
+        run: list[Any] = []
+        for item in [*items, None]:
+            if item is None or type(item) is Failure:
+                if run:
+                    part = await self._execute(run)
+                    results.extend(part.results)
+                    failures += part.failures
+                    run = []
+                if item is not None:
+                    results.append([item] if self.flat else item)
+                    failures += 1
+            else:
+                run.append(item)
+        return Outcome(results, failures)
+
+    def _deliver(self, ticket: int, tags: list[Any] | None, outcome: Outcome) -> None:
+        results, failures = outcome
+        if self.flat:
+            outs: list[Any] = []
+            if tags is None:
+                for r in results:
+                    if type(r) is Failure:
+                        outs.append(r)
+                    else:
+                        outs.extend(r)
+            else:
+                for tag, r in zip(tags, results, strict=True):
+                    if type(r) is Failure:
+                        outs.append((tag, r))
+                    else:
+                        outs.extend([(tag, y) for y in r])
+        elif tags is not None:
+            outs = list(zip(tags, results, strict=True))
+        else:
+            outs = results
+        if self.ordered:
+            self._ready[ticket] = (outs, failures)
+            if ticket == self._emitted:
+                self._wake_emitter()
+        else:
+            self._ready_fifo.append((outs, failures))
+            self._wake_emitter()
+
+    # -- emitter -------------------------------------------------------------------
+
+    def _wake_emitter(self) -> None:
+        fut = self._emitter_wake
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _collect(self) -> tuple[list[list[Any]], int]:
+        """Result lists ready to leave, in order, and how many have failures."""
+        chunks: list[list[Any]] = []
+        failures = 0
+        if self.ordered:
+            ready, nxt = self._ready, self._emitted
+            while nxt in ready:
+                outs, f = ready.pop(nxt)
+                chunks.append(outs)
+                failures += f
+                nxt += 1
+        else:
+            fifo = self._ready_fifo
+            while fifo:
+                outs, f = fifo.popleft()
+                chunks.append(outs)
+                failures += f
+        return chunks, failures
+
+    async def _emit(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            chunks, failures = self._collect()
+            if chunks:
+                self._emitted += len(chunks)
+                waiters, self._room_waiters = self._room_waiters, []
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(None)
+                if failures and self.stop_at_failure is not None:
+                    await self._emit_until_failure([x for c in chunks for x in c])
+                    return
+                for chunk in chunks:
+                    await self.out.put(chunk)
+                continue
+            if self._slots_left == 0 and not self._ready and not self._ready_fifo:
+                return
+            self._emitter_wake = loop.create_future()
+            await self._emitter_wake
+            self._emitter_wake = None
+
+    async def _emit_until_failure(self, items: list[Any]) -> None:
+        assert self.stop_at_failure is not None
+        for i, item in enumerate(items):
+            value = item[1] if self.tagged else item
+            if type(value) is Failure:
+                if i:
+                    await self.out.put(items[:i])
+                self.out.close(value.to_exception())
+                self.stop_at_failure(value)
+                return

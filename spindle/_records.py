@@ -1,0 +1,192 @@
+"""Reading input records and writing output records for the command line."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import os
+import sys
+from collections.abc import Generator, Iterator
+from typing import IO, Any
+
+import orjson
+
+from ._errors import SpindleError
+from ._failure import Failure, short_repr
+
+
+class InputError(SpindleError):
+    """The input cannot be read."""
+
+
+class OutputError(SpindleError):
+    """The output cannot be written (permissions, full disk...)."""
+
+
+class Items(Iterator[Any]):
+    """Records read lazily from a file or stdin; a bad line becomes a Failure."""
+
+    def __init__(self, path: str, fmt: str) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.total: int | None = None
+        if path == "-":
+            self._file: IO[bytes] = sys.stdin.buffer
+            self._owned = False
+        else:
+            try:
+                self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+            except OSError as exc:
+                raise InputError(f"cannot read input {path!r}: {exc.strerror or exc}") from exc
+            self._owned = True
+        self._gen = self._read()
+
+    def count_lines(self) -> int | None:
+        """Count the lines of a regular file quickly (for a progress bar's total)."""
+        if not self._owned or not os.path.isfile(self.path):
+            return None
+        n = 0
+        last = b"\n"
+        with open(self.path, "rb") as f:
+            while block := f.read(1 << 20):
+                n += block.count(b"\n")
+                last = block[-1:]
+        self.total = n + (last != b"\n")
+        return self.total
+
+    def __iter__(self) -> Items:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._gen)
+
+    def _read(self) -> Generator[Any, None, None]:
+        jsonl = self.fmt == "jsonl"
+        for n, raw in enumerate(self._file, 1):
+            line = raw.rstrip(b"\r\n")
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield _malformed(line.decode("utf-8", "replace"), n, f"not valid UTF-8 ({exc})")
+                continue
+            if not jsonl:
+                yield text
+                continue
+            if not text.strip():
+                continue
+            try:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield _malformed(text, n, f"not valid JSON ({exc})")
+
+    def close(self) -> None:
+        self._gen.close()
+        if self._owned:
+            self._file.close()
+
+
+def _malformed(text: str, n: int, why: str) -> Failure:
+    return Failure(text, "MalformedInput", f"line {n}: {why}", "", 0, "input")
+
+
+def read_items(path: str, fmt: str) -> Items:
+    return Items(path, fmt)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(raw).decode("ascii")}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+class RecordWriter:
+    """Writes ``{"input", "result"}`` lines to OUTPUT and failures to OUTPUT.failures.jsonl."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.failures_path = "spindle.failures.jsonl" if path == "-" else f"{path}.failures.jsonl"
+        self._out: IO[bytes]
+        if path == "-":
+            self._out = sys.stdout.buffer
+            self._owned = False
+        else:
+            try:
+                self._out = open(path, "wb", buffering=1 << 20)  # noqa: SIM115
+            except OSError as exc:
+                raise OutputError(f"cannot write output {path!r}: {exc.strerror or exc}") from exc
+            self._owned = True
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.failures_path)  # a stale file from an earlier run would mislead
+        self._failures: IO[bytes] | None = None
+        self.written = 0
+        self.failed = 0
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, f: IO[bytes], data: bytes, path: str) -> None:
+        try:
+            f.write(data)
+        except OSError as exc:
+            raise OutputError(f"cannot write to {path!r}: {exc.strerror or exc}") from exc
+
+    def result(self, item: Any, value: Any) -> None:
+        try:
+            data = orjson.dumps({"input": item, "result": value}, default=_default, option=_OPTS)
+        except TypeError as exc:
+            msg = (
+                f"the result for input {short_repr(item)} cannot be written as JSON ({exc}); "
+                "return str, numbers, lists, dicts or dataclasses"
+            )
+            self.failure(Failure(item, "Unserializable", msg, "", 1, "output"), item)
+            return
+        self._write(self._out, data, self.path)
+        self.written += 1
+
+    def failure(self, failure: Failure, item: Any) -> None:
+        if self._failures is None:
+            try:
+                self._failures = open(self.failures_path, "wb")  # noqa: SIM115
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot write failures to {self.failures_path!r}: {exc.strerror or exc}"
+                ) from exc
+        record = failure.to_dict()
+        record["input"] = item
+        try:
+            data = orjson.dumps(record, default=_default, option=_OPTS)
+        except TypeError:
+            record["input"] = short_repr(item, 10_000)
+            data = orjson.dumps(record, default=repr, option=_OPTS)
+        self._write(self._failures, data, self.failures_path)
+        self.failed += 1
+
+    def close(self) -> None:
+        try:
+            self._out.flush()
+            if self._failures is not None:
+                self._failures.flush()
+        except OSError as exc:
+            raise OutputError(f"cannot write to {self.path!r}: {exc.strerror or exc}") from exc
+        finally:
+            if self._owned:
+                with contextlib.suppress(OSError):
+                    self._out.close()
+            if self._failures is not None:
+                with contextlib.suppress(OSError):
+                    self._failures.close()

@@ -1,0 +1,259 @@
+"""The main function of a worker process.
+
+A worker owns one end of a socket pair; the parent owns the other (see ``_wire``).
+It announces itself with READY, then answers each BATCH with one RESULT, until STOP
+or until the parent's end closes. It never decides anything about retries or
+ordering: the parent's supervisor does.
+
+A worker ignores SIGINT: a Ctrl-C in a terminal reaches the whole process group, and
+it is the parent that decides how the run stops (drain, then cancel). On Linux the
+worker also asks the kernel to kill it if the parent dies, so no worker outlives a
+parent killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import pickle
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .._failure import short_repr
+from . import _wire
+from ._batch import call_batch
+
+PROTOCOL = 5
+
+# (type name, message, traceback text, pickled exception or None)
+EncodedError = tuple[str, str, str, bytes | None]
+
+
+@dataclass
+class WorkerConfig:
+    """What a worker needs to run a stage's function."""
+
+    fn: Callable[[Any], Any]
+    flat: bool
+    is_async: bool
+    concurrency: int
+    stage: str
+    sys_path: list[str]
+
+
+def encode_error(exc: BaseException) -> EncodedError:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    blob: bytes | None
+    try:
+        blob = pickle.dumps(exc, protocol=PROTOCOL)
+        pickle.loads(blob)  # many exceptions pickle but cannot be rebuilt: check now
+    except Exception:
+        blob = None
+    return type(exc).__name__, str(exc), text, blob
+
+
+def encode_result(
+    items: list[Any], results: list[Any], errors: dict[int, Exception], seconds: float
+) -> bytes:
+    """Pickle a batch's results; a result that cannot be pickled fails its item alone."""
+    encoded = {i: encode_error(e) for i, e in errors.items()}
+    try:
+        return pickle.dumps((results, encoded, seconds), protocol=PROTOCOL)
+    except Exception:
+        pass
+    for i, value in enumerate(results):
+        if i in encoded:
+            continue
+        try:
+            pickle.dumps(value, protocol=PROTOCOL)
+        except Exception as exc:
+            results[i] = None
+            msg = (
+                f"the result of item {short_repr(items[i])} cannot be pickled to return it "
+                f"from the worker process ({type(exc).__name__}: {exc}); return plain data "
+                "(str, numbers, lists, dicts, dataclasses) or use kind='thread'"
+            )
+            encoded[i] = ("Unpicklable", msg, "", None)
+    return pickle.dumps((results, encoded, seconds), protocol=PROTOCOL)
+
+
+class _Sender:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def send(self, op: int, ident: int, payload: bytes = b"") -> None:
+        self._sock.sendall(b"".join(_wire.frame(op, ident, payload)))
+
+
+def _serve_sync(sock: socket.socket, config: WorkerConfig) -> None:
+    reader = _wire.FrameReader(sock)
+    out = _Sender(sock)
+    fn, flat = config.fn, config.flat
+    out.send(_wire.OP_READY, 0, pickle.dumps(os.getpid()))
+    clock = time.perf_counter
+    while True:
+        msg = reader.read()
+        if msg is None:
+            return
+        op, ident, payload = msg
+        if op == _wire.OP_STOP:
+            return
+        if op != _wire.OP_BATCH:
+            continue
+        try:
+            items = pickle.loads(payload)
+        except Exception as exc:
+            out.send(_wire.OP_BAD_BATCH, ident, pickle.dumps(f"{type(exc).__name__}: {exc}"))
+            continue
+        t0 = clock()
+        results, errors = call_batch(fn, items, flat)
+        seconds = clock() - t0
+        out.send(_wire.OP_RESULT, ident, encode_result(items, results, errors, seconds))
+
+
+async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
+    """An event loop in the worker: up to ``concurrency`` calls in flight at once."""
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    fn, flat = config.fn, config.flat
+    limit = asyncio.Semaphore(config.concurrency)
+    tasks: set[asyncio.Task[None]] = set()
+
+    def send(op: int, ident: int, payload: bytes) -> None:
+        writer.writelines(_wire.frame(op, ident, payload))
+
+    async def call(x: Any) -> Any:
+        async with limit:
+            if flat:
+                return [y async for y in fn(x)]
+            return await fn(x)
+
+    async def run_batch(ident: int, items: list[Any]) -> None:
+        t0 = time.perf_counter()
+        outcomes = await asyncio.gather(*(call(x) for x in items), return_exceptions=True)
+        results: list[Any] = []
+        errors: dict[int, Exception] = {}
+        for i, value in enumerate(outcomes):
+            if isinstance(value, BaseException):
+                if not isinstance(value, Exception):
+                    raise value
+                errors[i] = value
+                results.append(None)
+            else:
+                results.append(value)
+        seconds = time.perf_counter() - t0
+        send(_wire.OP_RESULT, ident, encode_result(items, results, errors, seconds))
+
+    send(_wire.OP_READY, 0, pickle.dumps(os.getpid()))
+    try:
+        while True:
+            try:
+                head = await reader.readexactly(_wire.HEADER.size)
+                length, op, ident = _wire.HEADER.unpack(head)
+                payload = await reader.readexactly(length) if length else b""
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            if op == _wire.OP_STOP:
+                if tasks:
+                    await asyncio.gather(*tasks)
+                return
+            if op != _wire.OP_BATCH:
+                continue
+            try:
+                items = pickle.loads(payload)
+            except Exception as exc:
+                send(_wire.OP_BAD_BATCH, ident, pickle.dumps(f"{type(exc).__name__}: {exc}"))
+                continue
+            task = asyncio.create_task(run_batch(ident, items))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        for task in tasks:
+            task.cancel()
+        writer.close()
+
+
+def _prepare_process() -> None:
+    """Signals and parent-death handling common to forked and spawned workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - unusual libc
+            pass
+
+
+def serve(sock: socket.socket, config: WorkerConfig) -> None:
+    """Run the worker loop on ``sock`` until STOP or until the parent goes away."""
+    if config.is_async:
+        from .._core.loop import new_event_loop
+
+        loop = new_event_loop()
+        try:
+            loop.run_until_complete(_serve_async(sock, config))
+        finally:
+            loop.close()
+    else:
+        _serve_sync(sock, config)
+
+
+def forked_main(sock: socket.socket, config: WorkerConfig, close_fds: list[int]) -> None:
+    """Entry point in a child made by ``os.fork()``: never returns."""
+    code = 0
+    try:
+        asyncio.events._set_running_loop(None)  # the parent's loop is not ours
+        for fd in close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _prepare_process()
+        serve(sock, config)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def spawned_main() -> None:
+    """Entry point of a worker started as a fresh interpreter (``python -c``)."""
+    _prepare_process()
+    fd = int(sys.argv[1])
+    sock = socket.socket(fileno=fd)
+    reader = _wire.FrameReader(sock)
+    msg = reader.read()
+    if msg is None or msg[0] != _wire.OP_INIT:
+        sys.exit(1)
+    try:
+        config = _load_config(msg[2])
+    except Exception as exc:
+        _Sender(sock).send(_wire.OP_FATAL, 0, pickle.dumps(encode_error(exc)[:3]))
+        sys.exit(1)
+    reader.close()  # nothing is buffered past INIT: the parent waits for READY first
+    serve(sock, config)
+
+
+def _load_config(payload: bytes) -> WorkerConfig:
+    """Unpickle the config; ``sys.path`` comes first so the function's module imports."""
+    sys_path, blob = pickle.loads(payload)
+    for entry in reversed(sys_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    config = pickle.loads(blob)
+    if not isinstance(config, WorkerConfig):
+        raise TypeError(f"expected a WorkerConfig, got {type(config).__name__}")
+    return config

@@ -1,0 +1,526 @@
+"""The process executor: a supervised pool of worker processes.
+
+::
+
+    slot coroutine                     parent (event loop)                     worker process
+    ──────────────                     ───────────────────                     ──────────────
+    run(items) ── pickle(items) ──▶ least-loaded worker ── BATCH frame ──▶ call_batch(fn, items)
+         ▲                                  │                                      │
+         └──── Outcome ◀── unpickle ◀── RESULT frame ◀─────────────────────────────┘
+                                            │
+                          pidfd readable ◀──┘ worker died: its batches are re-run
+                                             item by item; the item that kills a
+                                             worker fails with WorkerCrashed; a
+                                             replacement is started
+
+Workers are started by ``fork`` when that is safe (the calling process has a single
+thread at the time, which ``prepare()`` checks before spindle starts its own), else
+as fresh interpreters (``posix_spawn`` of ``python -c``) that receive the function,
+cloudpickled, in an INIT frame. Fork makes a pool ready in milliseconds; spawning
+costs an interpreter start-up per worker but is safe in a threaded process. Replacement
+workers are always spawned, since by then the parent has threads.
+
+A worker's death is noticed at once through its pidfd (Linux), not by polling.
+Batches are sized by :class:`~spindle.policies.batching.AdaptiveBatch` from the
+compute time workers report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from .._errors import SpindleError
+from .._failure import Failure, short_repr
+from ..policies.batching import AdaptiveBatch
+from . import _wire
+from ._worker import PROTOCOL, WorkerConfig, forked_main
+from .base import Executor, Outcome
+
+# Parent-side ends of every live worker socket in this process. A child made by fork
+# inherits them and must close them, or a parent's death would go unnoticed by
+# workers started later. This is per-process state by nature (like the at-fork
+# registries of the standard library), so it lives at module level.
+_PARENT_FDS: set[int] = set()
+
+_SPAWN_CODE = "from spindle.executors._worker import spawned_main; spawned_main()"
+
+#: Seconds a worker gets to exit after STOP (idle) or SIGTERM (busy) before SIGKILL.
+_TERM_GRACE = 0.5
+#: Seconds to wait for a worker to start and say READY.
+_START_TIMEOUT = 60.0
+
+
+class WorkerStartError(SpindleError):
+    """A worker process could not load or run the stage's function."""
+
+
+def describe_status(status: int) -> str:
+    """A human reason from a ``waitpid`` status: signal name or exit code."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        hint = ""
+        if sig == signal.SIGKILL:
+            hint = " (killed from outside, often the out-of-memory killer)"
+        elif sig == signal.SIGSEGV:
+            hint = " (segmentation fault in native code)"
+        return f"killed by {name}{hint}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+class _Conn(asyncio.Protocol):
+    """Feeds frames from one worker's socket to its :class:`_Worker`."""
+
+    def __init__(self, worker: _Worker) -> None:
+        self.worker = worker
+        self.parser = _wire.FrameParser()
+
+    def data_received(self, data: bytes) -> None:
+        for op, ident, payload in self.parser.feed(data):
+            self.worker.on_frame(op, ident, payload)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker.on_connection_lost()
+
+
+class _Worker:
+    """One worker process as the parent sees it."""
+
+    def __init__(self, executor: ProcessExecutor, index: int, pid: int, sock: socket.socket):
+        self.executor = executor
+        self.index = index
+        self.pid = pid
+        self.sock = sock
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, asyncio.Future[tuple[str, Any]]] = {}
+        self.ready: asyncio.Future[None] | None = None
+        self.exited: asyncio.Event | None = None
+        self.status: int | None = None
+        self.reason = ""
+        self.alive = True
+        self.jobs = 0
+        self._pidfd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        state = "alive" if self.alive else f"dead ({self.reason})"
+        return f"<worker {self.index} pid {self.pid} {state}, {len(self.pending)} batches>"
+
+    async def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.ready = loop.create_future()
+        self.exited = asyncio.Event()
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # pragma: no cover - not Linux >= 5.3
+            self._pidfd = None
+        if self._pidfd is not None:
+            loop.add_reader(self._pidfd, self._on_exit)
+        transport, _ = await loop.connect_accepted_socket(lambda: _Conn(self), sock=self.sock)
+        self.transport = transport
+
+    @property
+    def usable(self) -> bool:
+        """Alive, started, and ready for batches."""
+        ready = self.ready
+        return self.alive and ready is not None and ready.done() and not ready.exception()
+
+    def send(self, op: int, ident: int, payload: bytes = b"") -> None:
+        assert self.transport is not None
+        self.transport.writelines(_wire.frame(op, ident, payload))
+
+    # -- events from the loop --------------------------------------------------------
+
+    def on_frame(self, op: int, ident: int, payload: bytes) -> None:
+        if op == _wire.OP_RESULT or op == _wire.OP_BAD_BATCH:
+            fut = self.pending.pop(ident, None)
+            if fut is not None and not fut.done():
+                fut.set_result(("ok" if op == _wire.OP_RESULT else "bad", payload))
+            self.jobs += 1
+            self.executor.on_worker_free()
+        elif op == _wire.OP_READY:
+            if self.ready is not None and not self.ready.done():
+                self.ready.set_result(None)
+        elif op == _wire.OP_FATAL:
+            name, message, text = pickle.loads(payload)
+            err = WorkerStartError(
+                f"a worker process of stage {self.executor.stage!r} could not load the "
+                f"function: {name}: {message}. The worker imports the function's module "
+                "by name; make sure it is importable (on sys.path, or installed), or "
+                "define the function in the script that runs the pipeline."
+            )
+            err.add_note(text)
+            if self.ready is not None and not self.ready.done():
+                self.ready.set_exception(err)
+
+    def on_connection_lost(self) -> None:
+        if self._pidfd is None and self.alive and self._loop is not None:
+            self._poll_exit(0)  # pragma: no cover - platforms without pidfd
+        elif self.alive and self._loop is not None:
+            # The socket closed but the process may live on (it closed the fd itself):
+            # it can no longer be reached, so end it; the pidfd reports the exit.
+            self._loop.call_later(1.0, self.kill)
+
+    def _poll_exit(self, tries: int) -> None:  # pragma: no cover - platforms without pidfd
+        assert self._loop is not None
+        if not self._reap():
+            if tries > 200:
+                self.kill()
+            self._loop.call_later(0.01, self._poll_exit, tries + 1)
+
+    def _on_exit(self) -> None:
+        self._reap()
+
+    def _reap(self) -> bool:
+        if not self.alive:
+            return True
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 0
+        if pid == 0:
+            return False
+        self.alive = False
+        self.status = status
+        self.reason = describe_status(status)
+        self._release()
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_result(("crashed", self.reason))
+        self.pending.clear()
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_exception(
+                WorkerStartError(
+                    f"a worker process of stage {self.executor.stage!r} {self.reason} "
+                    "while starting (see its output above)"
+                )
+            )
+        assert self.exited is not None
+        self.exited.set()
+        self.executor.on_worker_exit(self)
+        return True
+
+    def _release(self) -> None:
+        if self._pidfd is not None and self._loop is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        _PARENT_FDS.discard(self.sock.fileno())
+        if self.transport is not None:
+            self.transport.close()
+        else:
+            self.sock.close()
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+
+class ProcessExecutor(Executor):
+    """Runs a function on ``workers`` supervised processes."""
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        workers: int,
+        flat: bool,
+        is_async: bool,
+        stage: str,
+        concurrency: int = 1,
+        batch_size: int | None = None,
+        prefetch: int = 2,
+        start_method: str = "auto",
+    ) -> None:
+        if start_method not in ("auto", "fork", "spawn"):
+            raise ValueError(
+                f"start_method must be 'auto', 'fork' or 'spawn', not {start_method!r}"
+            )
+        self.fn = fn
+        self.workers = workers
+        self.stage = stage
+        self.is_async = is_async
+        self.start_method = start_method
+        per_worker = concurrency if is_async else prefetch
+        self.capacity = workers * per_worker
+        if is_async and batch_size is None:
+            batch_size = 1
+        self._batching = AdaptiveBatch(fixed=batch_size)
+        self._config = WorkerConfig(
+            fn=fn,
+            flat=flat,
+            is_async=is_async,
+            concurrency=max(1, concurrency),
+            stage=stage,
+            sys_path=list(sys.path),
+        )
+        self._init_payload: bytes | None = None
+        self._workers: list[_Worker] = []
+        self._prelaunched: list[_Worker] = []
+        self._ids = itertools.count(1)
+        self._index = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._free: asyncio.Event | None = None
+        self._closing = False
+        self._attaching: set[asyncio.Task[None]] = set()
+        self.restarts = 0
+        self.crashes = 0
+
+    def __repr__(self) -> str:
+        alive = sum(w.alive for w in self._workers)
+        busy = sum(len(w.pending) for w in self._workers)
+        return f"<ProcessExecutor {self.stage!r}: {alive} workers, {busy} batches in flight>"
+
+    def batch_size(self) -> int:
+        return self._batching.size
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "workers": sum(w.alive for w in self._workers),
+            "restarts": self.restarts,
+            "crashes": self.crashes,
+            "batch_size": self._batching.size,
+            "cost_per_item": self._batching.cost_per_item,
+        }
+
+    # -- starting ------------------------------------------------------------------
+
+    def _pickle_config(self) -> bytes:
+        if self._init_payload is None:
+            try:
+                blob = cloudpickle.dumps(self._config, protocol=PROTOCOL)
+            except Exception as exc:
+                raise SpindleError(
+                    f"the function of stage {self.stage!r} ({short_repr(self.fn)}) cannot be "
+                    f"sent to worker processes: {type(exc).__name__}: {exc}. It must be "
+                    "picklable with cloudpickle (functions, lambdas and closures over plain "
+                    "data are); a closure over a lock, socket or open file is not: create "
+                    "such resources inside the function, or use kind='thread'."
+                ) from exc
+            self._init_payload = pickle.dumps((self._config.sys_path, blob), protocol=PROTOCOL)
+        return self._init_payload
+
+    def _can_fork(self) -> bool:
+        if self.start_method == "spawn" or not hasattr(os, "fork"):
+            return False
+        if self.start_method == "fork":
+            return True
+        return threading.active_count() == 1 and sys.platform.startswith("linux")
+
+    def prepare(self) -> None:
+        self._pickle_config()  # fail early, in the caller, if the function cannot travel
+        if self._can_fork():
+            for _ in range(self.workers):
+                self._prelaunched.append(self._fork())
+
+    def _fork(self) -> _Worker:
+        parent, child = socket.socketpair()
+        # Stale numbers may have been reused by the new pair: never close the child's own.
+        close_in_child = [fd for fd in (*_PARENT_FDS, parent.fileno()) if fd != child.fileno()]
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which never returns
+            forked_main(child, self._config, close_in_child)
+        child.close()
+        _PARENT_FDS.add(parent.fileno())
+        return _Worker(self, next(self._index), pid, parent)
+
+    def _spawn(self) -> _Worker:
+        payload = self._pickle_config()
+        parent, child = socket.socketpair()
+        fd = child.fileno()
+        os.set_inheritable(fd, True)
+        env = dict(os.environ)
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, env.get("PYTHONPATH", "")) if p
+        )
+        try:
+            pid = os.posix_spawn(sys.executable, [sys.executable, "-c", _SPAWN_CODE, str(fd)], env)
+        finally:
+            child.close()
+        _PARENT_FDS.add(parent.fileno())
+        parent.sendall(b"".join(_wire.frame(_wire.OP_INIT, 0, payload)))
+        return _Worker(self, next(self._index), pid, parent)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._free = asyncio.Event()
+        fresh = self._prelaunched or [self._spawn() for _ in range(self.workers)]
+        self._prelaunched = []
+        self._workers.extend(fresh)
+        try:
+            for w in fresh:
+                await w.attach(self._loop)
+            async with asyncio.timeout(_START_TIMEOUT):
+                for w in fresh:
+                    assert w.ready is not None
+                    await w.ready
+        except BaseException:
+            await self.aclose(cancel=True)
+            raise
+
+    # -- events from workers ---------------------------------------------------------
+
+    def on_worker_free(self) -> None:
+        assert self._free is not None
+        self._free.set()
+
+    def on_worker_exit(self, worker: _Worker) -> None:
+        if self._closing:
+            return
+        self.crashes += 1
+        self._workers.remove(worker)
+        self._replace()
+
+    def _replace(self) -> None:
+        assert self._loop is not None
+        self.restarts += 1
+        worker = self._spawn()
+        self._workers.append(worker)
+        task = self._loop.create_task(self._attach_replacement(worker))
+        self._attaching.add(task)
+        task.add_done_callback(self._attaching.discard)
+
+    async def _attach_replacement(self, worker: _Worker) -> None:
+        assert self._loop is not None and self._free is not None
+        try:
+            await worker.attach(self._loop)
+            assert worker.ready is not None
+            await worker.ready
+        except WorkerStartError:
+            worker.kill()
+        self._free.set()
+
+    # -- running -------------------------------------------------------------------
+
+    async def _pick(self) -> _Worker:
+        assert self._free is not None
+        while True:
+            best: _Worker | None = None
+            for w in self._workers:
+                if w.usable and (best is None or len(w.pending) < len(best.pending)):
+                    best = w
+            if best is not None:
+                return best
+            if self._closing:
+                raise SpindleError(f"stage {self.stage!r} is closing")
+            self._free.clear()
+            await self._free.wait()
+
+    async def run(self, items: list[Any]) -> Outcome:
+        try:
+            payload = pickle.dumps(items, protocol=PROTOCOL)
+        except Exception:
+            return await self._run_split(items, unpicklable=True)
+        assert self._loop is not None
+        worker = await self._pick()
+        ident = next(self._ids)
+        fut: asyncio.Future[tuple[str, Any]] = self._loop.create_future()
+        worker.pending[ident] = fut
+        worker.send(_wire.OP_BATCH, ident, payload)
+        kind, data = await fut
+        if kind == "ok":
+            return self._outcome(items, data)
+        if len(items) > 1:
+            # Which item broke the batch is unknown: run each alone to find out.
+            return await self._run_split(items)
+        if kind == "bad":
+            msg = (
+                f"input {short_repr(items[0])} could not be unpickled in the worker process "
+                f"({pickle.loads(data)}); its type must be importable there"
+            )
+            return Outcome([Failure(items[0], "Unpicklable", msg, "", 1, self.stage)], 1)
+        msg = f"the worker process running this item {data}"
+        return Outcome([Failure(items[0], "WorkerCrashed", msg, "", 1, self.stage)], 1)
+
+    async def _run_split(self, items: list[Any], unpicklable: bool = False) -> Outcome:
+        results: list[Any] = []
+        failures = 0
+        for item in items:
+            if unpicklable:
+                try:
+                    pickle.dumps(item, protocol=PROTOCOL)
+                except Exception as exc:
+                    msg = (
+                        f"input {short_repr(item)} cannot be pickled to send it to a worker "
+                        f"process ({type(exc).__name__}: {exc}); pass plain data (str, "
+                        "numbers, lists, dicts, dataclasses) or use kind='thread'"
+                    )
+                    results.append(Failure(item, "Unpicklable", msg, "", 1, self.stage))
+                    failures += 1
+                    continue
+            one = await self.run([item])
+            results.extend(one.results)
+            failures += one.failures
+        return Outcome(results, failures)
+
+    def _outcome(self, items: list[Any], data: bytes) -> Outcome:
+        try:
+            results, errors, seconds = pickle.loads(data)
+        except Exception as exc:
+            msg = f"the results could not be unpickled in the parent ({type(exc).__name__}: {exc})"
+            return Outcome(
+                [Failure(x, "Unpicklable", msg, "", 1, self.stage) for x in items], len(items)
+            )
+        self._batching.observe(len(items), seconds)
+        for i, (name, message, text, blob) in errors.items():
+            exc_obj: BaseException | None = None
+            if blob is not None:
+                with contextlib.suppress(Exception):
+                    exc_obj = pickle.loads(blob)
+            results[i] = Failure(items[i], name, message, text, 1, self.stage, exc_obj)
+        return Outcome(results, len(errors))
+
+    # -- stopping ------------------------------------------------------------------
+
+    async def aclose(self, *, cancel: bool) -> None:
+        """Stop every worker and reap it; SIGKILL whatever outlives the grace period."""
+        self._closing = True
+        for task in list(self._attaching):
+            task.cancel()
+        for w in self._prelaunched:  # forked but never attached (start() not reached)
+            w.kill()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(w.pid, 0)  # noqa: ASYNC222 - SIGKILLed: returns at once
+            _PARENT_FDS.discard(w.sock.fileno())
+            w.sock.close()
+        self._prelaunched.clear()
+        workers = [w for w in self._workers if w.alive]
+        for w in workers:
+            if cancel or w.pending or w.transport is None:
+                w.signal(signal.SIGTERM)
+            else:
+                w.send(_wire.OP_STOP, 0)
+        await self._wait_exit(workers, _TERM_GRACE if cancel else 2.0)
+        for w in workers:
+            if w.alive:
+                w.kill()
+        await self._wait_exit(workers, 5.0)
+        if self._free is not None:
+            self._free.set()
+
+    async def _wait_exit(self, workers: list[_Worker], seconds: float) -> None:
+        waits = [w.exited.wait() for w in workers if w.alive and w.exited is not None]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await asyncio.gather(*waits)

@@ -1,0 +1,1 @@
+"""Policies a stage applies around its executor: batching (and later limits, retries)."""
