@@ -7,8 +7,8 @@ import builtins
 from collections import Counter
 from typing import Any
 
-import workfns as jobs
 import pytest
+import workfns as jobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,7 +97,7 @@ def test_on_error_yield_puts_a_failure_in_place(kind: str) -> None:
         )
         bad, error = 7, "ValueError"
     failures = [g for g in got if isinstance(g, spindle.Failure)]
-    assert [f.item for f in failures][0] == bad
+    assert failures[0].item == bad
     f = failures[0]
     assert f.error == error
     assert f.attempts == 1

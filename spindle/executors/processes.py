@@ -199,9 +199,14 @@ class _Worker:
         self.status = status
         self.reason = describe_status(status)
         self._release()
-        for fut in self.pending.values():
+        # A sync worker runs its batches one at a time, in the order sent: only the
+        # oldest was running when it died; the others were waiting in the pipe and
+        # are sent again as they were. An async worker runs them all at once.
+        for n, ident in enumerate(sorted(self.pending)):
+            fut = self.pending[ident]
             if not fut.done():
-                fut.set_result(("crashed", self.reason))
+                guilty = n == 0 or self.executor.is_async
+                fut.set_result(("crashed", self.reason) if guilty else ("again", None))
         self.pending.clear()
         if self.ready is not None and not self.ready.done():
             self.ready.set_exception(
@@ -432,12 +437,14 @@ class ProcessExecutor(Executor):
         except Exception:
             return await self._run_split(items, unpicklable=True)
         assert self._loop is not None
-        worker = await self._pick()
-        ident = next(self._ids)
-        fut: asyncio.Future[tuple[str, Any]] = self._loop.create_future()
-        worker.pending[ident] = fut
-        worker.send(_wire.OP_BATCH, ident, payload)
-        kind, data = await fut
+        kind = "again"
+        while kind == "again":
+            worker = await self._pick()
+            ident = next(self._ids)
+            fut: asyncio.Future[tuple[str, Any]] = self._loop.create_future()
+            worker.pending[ident] = fut
+            worker.send(_wire.OP_BATCH, ident, payload)
+            kind, data = await fut
         if kind == "ok":
             return self._outcome(items, data)
         if len(items) > 1:

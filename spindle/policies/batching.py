@@ -7,7 +7,7 @@ compute time, not queueing) and aims each batch at ``target`` seconds of work.
 
 It starts at one item, so a slow function (say 20 ms an item) is never batched and
 every worker gets work at once, and it reaches the right size for a fast function
-within a few batches because each step may grow the size by a large factor.
+within a few batches because each step may grow the size eightfold.
 """
 
 from __future__ import annotations
@@ -46,5 +46,6 @@ class AdaptiveBatch:
         cost = max(seconds, 1e-9) / n_items
         self._cost = cost if self._cost is None else 0.7 * self._cost + 0.3 * cost
         ideal = int(self.target / self._cost)
-        # Grow by at most 64x a step (one noisy fast batch must not jump to the max).
-        self._size = max(1, min(self.max_size, ideal, self._size * 64))
+        # Grow by at most 8x a step: one fast batch must not jump to the maximum, since
+        # a batch's results come back only when its slowest item is done.
+        self._size = max(1, min(self.max_size, ideal, self._size * 8))

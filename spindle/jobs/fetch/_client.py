@@ -1,0 +1,429 @@
+"""The Fetcher: one aiohttp session, many hosts, every URL ending as a result or a failure.
+
+One ``fetch(url)``::
+
+    url ─ parse (bad URL: fail, no I/O)
+     │
+     ▼  for each hop of the redirect chain
+    robots.txt of the hop's host (fetched once, under the host's robots lock)
+     │
+     ▼  for each attempt
+    breaker open? ─ yes ─▶ fail fast
+     │
+    per-host slot (AIMD limit) ─▶ gate: wait for the host's next start time
+     ─▶ global slot ─▶ GET (no automatic redirects) ─▶ read or save the body
+     │
+     ├─ 2xx/4xx/...   ─▶ FetchResult
+     ├─ 3xx+Location  ─▶ next hop (loop and limit checked)
+     ├─ retryable     ─▶ release every slot, back off (≥ Retry-After), next attempt
+     └─ permanent     ─▶ FetchFailed
+
+Redirects are followed here rather than by aiohttp so that every hop goes through
+its own host's robots.txt, limits, spacing and breaker. Each attempt decides what
+happened in plain code (``_Outcome``); waiting for a retry happens outside every
+slot, so a backing-off request never holds capacity another host could use.
+
+aiohttp itself resends a GET once when a connection drops before the response
+starts (RFC 9112, section 9.3.1), so a server may see one request more than
+``attempts`` counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+from yarl import URL
+
+from ._body import Saved, TooLarge, read_body, save_body
+from ._errors import FetchFailed
+from ._hosts import Host
+from ._options import FetchOptions
+from ._response import FetchResult
+from ._retry import (
+    REDIRECT_STATUSES,
+    RETRY_STATUSES,
+    THROTTLE_STATUSES,
+    backoff_delay,
+    parse_retry_after,
+)
+from ._robots import ROBOTS_MAX_BYTES, RobotsRules
+from ._urls import BadURL, host_key, parse_url
+
+#: Seconds a resolved address is reused: one lookup per host per five minutes.
+_DNS_TTL = 300
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    final_url: str
+    status: int
+    headers: dict[str, str]
+    body: bytes | None
+    saved: Saved | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Redirect:
+    location: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    reason: str
+    retry_after: float | None = None
+    cause: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Fail:
+    reason: str
+    cause: BaseException | None = None
+    sent: bool = True
+
+
+_Outcome = _Done | _Redirect | _Retry | _Fail
+
+
+class Fetcher:
+    """Fetches many URLs from one event loop, politely per host.
+
+    Use it as an async context manager: entering opens the connection pool,
+    leaving closes every connection. All per-host state (limits, spacing,
+    robots.txt, breaker) lives here, so URLs of one host should go to one Fetcher.
+    """
+
+    def __init__(self, options: FetchOptions | None = None) -> None:
+        self.options = options or FetchOptions()
+        self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(self.options.concurrency)
+        self._hosts: dict[str, Host] = {}
+        self._rng = random.Random()
+        self._in_flight = 0
+        self._done = 0
+        self._failed = 0
+
+    async def __aenter__(self) -> Self:
+        if self._session is not None:
+            raise RuntimeError("this Fetcher is already open")
+        options = self.options
+        if options.save_dir is not None:
+            await asyncio.to_thread(os.makedirs, options.save_dir, exist_ok=True)
+        connector = aiohttp.TCPConnector(
+            limit=options.concurrency,
+            limit_per_host=0,  # per-host limits are the Fetcher's own (AIMD)
+            ttl_dns_cache=_DNS_TTL,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=options.total_timeout,
+                connect=options.connect_timeout,
+                sock_read=options.read_timeout,
+            ),
+            headers={"User-Agent": options.user_agent},
+            # A crawl's cookies would grow without bound and leak between hosts.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every connection; waits until the sockets are closed."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    # -- public ---------------------------------------------------------------
+
+    async def fetch(self, url: str) -> FetchResult:
+        """Fetch one URL, following redirects; raise :class:`FetchFailed` if it fails.
+
+        Any HTTP answer that is not retried is a result, whatever its status
+        (a 404 is a fact about the URL, not a failure of the fetch).
+        """
+        session = self._session
+        if session is None:
+            raise RuntimeError("the Fetcher is not open: use `async with Fetcher(...) as f:`")
+        began = asyncio.get_running_loop().time()
+        self._in_flight += 1
+        try:
+            result = await self._fetch(session, url, began)
+        except FetchFailed:
+            self._failed += 1
+            raise
+        finally:
+            self._in_flight -= 1
+        self._done += 1
+        return result
+
+    def host_stats(self) -> dict[str, dict[str, Any]]:
+        """Per-host figures (requests, errors, limit, mean latency...) by ``host:port``."""
+        return {key: host.snapshot() for key, host in self._hosts.items()}
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "in_flight": self._in_flight,
+            "done": self._done,
+            "failed": self._failed,
+            "hosts": len(self._hosts),
+            "dead_hosts": sum(1 for host in self._hosts.values() if host.dead),
+        }
+
+    def __repr__(self) -> str:
+        state = "open" if self._session is not None else "closed"
+        return (
+            f"<Fetcher {state}: {_n(self._in_flight)} in flight, {_n(len(self._hosts))} hosts, "
+            f"{_n(self._done)} done, {_n(self._failed)} failed>"
+        )
+
+    # -- one URL --------------------------------------------------------------
+
+    async def _fetch(self, session: aiohttp.ClientSession, url: str, began: float) -> FetchResult:
+        try:
+            target = parse_url(url)
+        except BadURL as exc:
+            raise FetchFailed(f"invalid URL: {exc}", url) from None
+        chain = [str(target)]
+        while True:
+            host = self._host(target)
+            if self.options.robots and not host.dead:
+                rules = await self._robots(session, host, target)
+                if not rules.allows(str(target), self.options.user_agent):
+                    raise FetchFailed("disallowed by robots.txt", url)
+            outcome, attempts = await self._attempts(session, host, target, url)
+            if isinstance(outcome, _Done):
+                saved = outcome.saved
+                return FetchResult(
+                    url=url,
+                    final_url=outcome.final_url,
+                    status=outcome.status,
+                    headers=outcome.headers,
+                    elapsed=asyncio.get_running_loop().time() - began,
+                    attempts=attempts,
+                    body=outcome.body,
+                    path=saved.path if saved else None,
+                    size=saved.size if saved else None,
+                    sha256=saved.sha256 if saved else None,
+                )
+            location = outcome.location
+            if location in chain:
+                hops = " -> ".join([*chain, location])
+                raise FetchFailed(f"redirect loop: {hops}", url, attempts)
+            if len(chain) > self.options.max_redirects:
+                raise FetchFailed(
+                    f"too many redirects (more than max_redirects {self.options.max_redirects})",
+                    url,
+                    attempts,
+                )
+            try:
+                target = parse_url(location)
+            except BadURL as exc:
+                raise FetchFailed(f"invalid redirect target: {exc}", url, attempts) from None
+            chain.append(location)
+
+    async def _attempts(
+        self, session: aiohttp.ClientSession, host: Host, target: URL, url: str
+    ) -> tuple[_Done | _Redirect, int]:
+        """Try one hop until it answers, fails for good, or runs out of retries."""
+        base, cap = self.options.backoff
+        attempt = 0
+        while True:
+            if host.dead:
+                raise FetchFailed(host.dead_reason, url, attempt)
+            attempt += 1
+            outcome = await self._attempt(session, host, target, url)
+            if isinstance(outcome, _Done | _Redirect):
+                return outcome, attempt
+            if isinstance(outcome, _Fail):
+                made = attempt if outcome.sent else attempt - 1
+                raise FetchFailed(outcome.reason, url, made) from outcome.cause
+            if host.dead:
+                raise FetchFailed(host.dead_reason, url, attempt) from outcome.cause
+            if attempt > self.options.retries:
+                raise FetchFailed(
+                    f"{outcome.reason} (after {attempt} attempts)", url, attempt
+                ) from outcome.cause
+            wait = backoff_delay(attempt, base, cap, self._rng)
+            if outcome.retry_after is not None:
+                if outcome.retry_after > cap:
+                    raise FetchFailed(
+                        f"{outcome.reason}: Retry-After {outcome.retry_after:g} s exceeds "
+                        f"the backoff cap of {cap:g} s (raise FetchOptions.backoff to wait)",
+                        url,
+                        attempt,
+                    )
+                wait = max(wait, outcome.retry_after)
+                # The server asked the whole host to wait, not just this request.
+                host.hold_off(asyncio.get_running_loop().time() + outcome.retry_after)
+            await asyncio.sleep(wait)
+
+    async def _attempt(
+        self, session: aiohttp.ClientSession, host: Host, target: URL, url: str
+    ) -> _Outcome:
+        """One request: classify whatever happens into an outcome; never raises
+        for a network or HTTP problem."""
+        loop = asyncio.get_running_loop()
+        options = self.options
+        async with self._turn(host):
+            if host.dead:  # the breaker opened while this request waited its turn
+                return _Fail(host.dead_reason, sent=False)
+            started = loop.time()
+            try:
+                async with session.get(target, allow_redirects=False) as response:
+                    status = response.status
+                    location = response.headers.get("Location")
+                    if status in RETRY_STATUSES:
+                        host.on_response(
+                            status, loop.time() - started, throttle=status in THROTTLE_STATUSES
+                        )
+                        return _Retry(
+                            f"HTTP {status} {response.reason or ''}".rstrip(),
+                            parse_retry_after(response.headers.get("Retry-After")),
+                        )
+                    if status in REDIRECT_STATUSES and location:
+                        host.on_response(status, loop.time() - started, throttle=False)
+                        try:
+                            return _Redirect(str(response.url.join(URL(location))))
+                        except ValueError as exc:
+                            return _Fail(f"invalid redirect target: {location!r} ({exc})", exc)
+                    body: bytes | None = None
+                    saved: Saved | None = None
+                    try:
+                        if options.save_dir is None:
+                            body = await read_body(response, options.max_bytes)
+                        else:
+                            saved = await save_body(
+                                response, options.max_bytes, options.save_dir, _file_stem(url)
+                            )
+                    except TooLarge as exc:
+                        response.close()  # drop the connection rather than drain it
+                        host.on_response(status, loop.time() - started, throttle=False)
+                        return _Fail(str(exc))
+                    except aiohttp.ClientError:
+                        raise
+                    except OSError as exc:
+                        return _Fail(f"cannot save to {options.save_dir}: {exc}", exc)
+                    host.on_response(status, loop.time() - started, throttle=False)
+                    return _Done(str(response.url), status, _headers(response), body, saved)
+            except aiohttp.ClientError as exc:
+                return self._client_error(host, exc)
+            except TimeoutError as exc:
+                host.on_error(connection=False)
+                return _Retry(f"timed out (total_timeout {options.total_timeout:g} s)", None, exc)
+
+    def _client_error(self, host: Host, exc: aiohttp.ClientError) -> _Outcome:
+        options = self.options
+        if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ServerFingerprintMismatch):
+            host.on_error(connection=False)
+            return _Fail(f"TLS error: {exc}", exc)
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            host.on_error(connection=True)
+            return _Retry(f"connect timeout ({options.connect_timeout:g} s)", None, exc)
+        if isinstance(exc, aiohttp.SocketTimeoutError):
+            host.on_error(connection=False)
+            return _Retry(f"read timeout ({options.read_timeout:g} s)", None, exc)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            host.on_error(connection=True)
+            what = "connection refused" if isinstance(exc.os_error, ConnectionRefusedError) else ""
+            return _Retry(f"cannot connect: {what or exc}", None, exc)
+        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+            host.on_error(connection=True)
+            return _Retry(f"connection lost: {exc or type(exc).__name__}", None, exc)
+        host.on_error(connection=False)
+        if isinstance(exc, aiohttp.InvalidURL):
+            return _Fail(f"invalid URL: {exc}", exc)
+        return _Fail(f"bad response: {exc}", exc)
+
+    @asynccontextmanager
+    async def _turn(self, host: Host) -> AsyncIterator[None]:
+        """Hold a per-host slot and a global slot, starting no earlier than the
+        host's spacing allows."""
+        loop = asyncio.get_running_loop()
+        async with host.limiter:
+            async with host.gate:
+                # The start time can move while we sleep (a Retry-After), so look again.
+                while (delay := host.delay(loop.time())) > 0:  # noqa: ASYNC110
+                    await asyncio.sleep(delay)
+                await self._slots.acquire()
+                host.start(loop.time())
+            try:
+                yield
+            finally:
+                self._slots.release()
+
+    # -- hosts and robots.txt ---------------------------------------------------
+
+    def _host(self, target: URL) -> Host:
+        key = host_key(target)
+        host = self._hosts.get(key)
+        if host is None:
+            host = self._hosts[key] = Host(key, self.options)
+        return host
+
+    async def _robots(self, session: aiohttp.ClientSession, host: Host, target: URL) -> RobotsRules:
+        if host.robots is None:
+            async with host.robots_lock:
+                if host.robots is None:
+                    rules = await self._load_robots(session, host, target)
+                    host.set_robots(rules, asyncio.get_running_loop().time())
+        assert host.robots is not None
+        return host.robots
+
+    async def _load_robots(
+        self, session: aiohttp.ClientSession, host: Host, target: URL
+    ) -> RobotsRules:
+        """robots.txt of the host: 4xx means no rules; 5xx or no answer also
+        means no rules, but the status says the file could not be read."""
+        loop = asyncio.get_running_loop()
+        async with self._turn(host):
+            started = loop.time()
+            try:
+                async with session.get(target.join(URL("/robots.txt"))) as response:
+                    status = response.status
+                    if 200 <= status < 300:
+                        body = await read_body(response, ROBOTS_MAX_BYTES, truncate=True)
+                        rules = RobotsRules.parse(body)
+                    elif 400 <= status < 500:
+                        rules = RobotsRules.allow_all(f"none (HTTP {status})")
+                    else:
+                        rules = RobotsRules.allow_all(f"unavailable (HTTP {status})")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                host.on_error(connection=False)
+                return RobotsRules.allow_all(f"unavailable ({type(exc).__name__}: {exc})")
+            host.on_response(status, loop.time() - started, throttle=False)
+            return rules
+
+
+def _n(count: int) -> str:
+    """``1 024``: thousands set apart by a space, as in every spindle figure."""
+    return f"{count:,}".replace(",", " ")
+
+
+def _headers(response: aiohttp.ClientResponse) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in response.headers.items():
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
+
+
+def _file_stem(url: str) -> str:
+    """Saved files are named after the URL as given, so a rerun finds the same file."""
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()

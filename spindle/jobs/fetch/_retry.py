@@ -1,0 +1,44 @@
+"""What is retried, and how long to wait before the next attempt."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+#: Statuses worth another attempt: the server is overloaded or hiccupped.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+#: Statuses that mean "slow down": they shrink the host's limit and widen its spacing.
+THROTTLE_STATUSES = frozenset({429, 503})
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter before attempt ``attempt + 1``.
+
+    Full jitter spreads the retries of many clients hit by the same outage, instead
+    of having them all come back at the same instant.
+    """
+    return rng.uniform(0.0, min(cap, base * 2.0 ** (attempt - 1)))
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds asked for by a ``Retry-After`` header (delta-seconds or HTTP date).
+
+    An unparsable value is ignored (``None``) rather than failing the fetch: the
+    header is advice, and the backoff still applies.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
