@@ -16,6 +16,7 @@ from ._core.stage import Stage as Stage
 from ._errors import ConfigError as ConfigError
 from ._errors import JobError as JobError
 from ._errors import MalformedInput as MalformedInput
+from ._errors import Permanent as Permanent
 from ._errors import PipelineClosed as PipelineClosed
 from ._errors import RemoteTraceback as RemoteTraceback
 from ._errors import SpindleError as SpindleError
@@ -23,6 +24,7 @@ from ._errors import Timeout as Timeout
 from ._errors import Unpicklable as Unpicklable
 from ._errors import WorkerCrashed as WorkerCrashed
 from ._failure import Failure as Failure
+from ._worker_state import worker_state as worker_state
 
 __version__ = "0.1.0"
 
@@ -31,6 +33,7 @@ __all__ = [
     "Failure",
     "JobError",
     "MalformedInput",
+    "Permanent",
     "Pipeline",
     "PipelineClosed",
     "RemoteTraceback",
@@ -45,4 +48,5 @@ __all__ = [
     "io",
     "map",
     "thread",
+    "worker_state",
 ]

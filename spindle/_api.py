@@ -1,40 +1,47 @@
-"""The functions users call: ``map`` and the stage constructors."""
+"""The functions users call: ``map`` and the stage constructors.
+
+Every stage constructor and :func:`map` take the same options (``StageOptions``):
+
+- ``name``: the stage's name in stats, errors and reports (default: the function's).
+- ``batch_size``: items per batch sent to a worker (default: adaptive).
+- ``buffer``: capacity of the channel feeding the stage.
+- ``timeout``: seconds a job may run. An io job is cancelled; a cpu job's worker
+  process is killed and replaced; a thread job cannot be stopped, so it is abandoned
+  (it fails at once and a new thread takes its place). The job fails with ``Timeout``,
+  or is retried.
+- ``retries``, ``backoff`` (base or ``(base, cap)`` seconds), ``retry_on``,
+  ``permanent``: retry failed jobs with exponential backoff and full jitter. A job
+  waiting for its retry holds no worker and no concurrency slot.
+- ``init``: a function run once in each worker (each process, each thread, or the
+  loop of an io stage) whose return value jobs get from :func:`spindle.worker_state`.
+- ``max_jobs_per_worker``, ``max_memory_per_worker`` (bytes, or ``"512MB"``): replace
+  a worker process after the batch that reaches the limit (cpu stages).
+- ``start_method``: ``"auto"`` (fork when safe), ``"fork"`` or ``"spawn"`` (cpu).
+"""
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Unpack
 
 from ._core.pipeline import OnError, Pipeline, Results
-from ._core.stage import Stage, make_stage
+from ._core.stage import Stage, StageOptions, make_stage
 
 
 def io(
-    fn: Callable[[Any], Any],
-    *,
-    concurrency: int | None = None,
-    name: str | None = None,
-    buffer: int | None = None,
+    fn: Callable[[Any], Any], *, concurrency: int | None = None, **options: Unpack[StageOptions]
 ) -> Stage:
     """A stage running an ``async def`` function on the pipeline's event loop, up to
     ``concurrency`` calls at once (default 100)."""
-    return make_stage(fn, "io", concurrency=concurrency, name=name, buffer=buffer)
+    return make_stage(fn, "io", concurrency=concurrency, **options)
 
 
 def thread(
-    fn: Callable[[Any], Any],
-    *,
-    workers: int | None = None,
-    name: str | None = None,
-    batch_size: int | None = None,
-    buffer: int | None = None,
+    fn: Callable[[Any], Any], *, workers: int | None = None, **options: Unpack[StageOptions]
 ) -> Stage:
     """A stage running a blocking function on ``workers`` threads
     (default ``min(32, cores + 4)``)."""
-    return make_stage(
-        fn, "thread", workers=workers, name=name, batch_size=batch_size, buffer=buffer
-    )
+    return make_stage(fn, "thread", workers=workers, **options)
 
 
 def cpu(
@@ -42,10 +49,7 @@ def cpu(
     *,
     workers: int | None = None,
     concurrency: int | None = None,
-    name: str | None = None,
-    batch_size: int | None = None,
-    buffer: int | None = None,
-    start_method: str = "auto",
+    **options: Unpack[StageOptions],
 ) -> Stage:
     """A stage running a function on ``workers`` processes (default: the cores).
 
@@ -54,19 +58,10 @@ def cpu(
     process with up to ``concurrency`` calls in flight per process (default 100):
     I/O on every core.
     """
-    return make_stage(
-        fn,
-        "cpu",
-        workers=workers,
-        concurrency=concurrency,
-        name=name,
-        batch_size=batch_size,
-        buffer=buffer,
-        start_method=start_method,
-    )
+    return make_stage(fn, "cpu", workers=workers, concurrency=concurrency, **options)
 
 
-def map(
+def map(  # noqa: A001 - the name mirrors the builtin on purpose
     fn: Callable[[Any], Any],
     items: Iterable[Any],
     *,
@@ -75,8 +70,8 @@ def map(
     concurrency: int | None = None,
     ordered: bool = True,
     on_error: OnError = "raise",
-    batch_size: int | None = None,
     with_inputs: bool = False,
+    **options: Unpack[StageOptions],
 ) -> Results:
     """Apply ``fn`` to every item, lazily, on processes, threads or an event loop.
 
@@ -84,12 +79,12 @@ def map(
     ``items`` is read as results are consumed, never all at once. With
     ``on_error="raise"`` the first failure stops the run and is raised (its original
     type, with the worker's traceback as ``__cause__``); with ``"yield"`` a
-    :class:`~spindle.Failure` takes the failed item's place.
+    :class:`~spindle.Failure` takes the failed item's place. ``options`` are the
+    stage options listed in this module's documentation (timeout, retries, init...).
     """
-    stage = make_stage(fn, kind, workers=workers, concurrency=concurrency, batch_size=batch_size)
+    stage = make_stage(fn, kind, workers=workers, concurrency=concurrency, **options)
     pipeline = Pipeline([stage], ordered=ordered, on_error=on_error)
     return pipeline.run(items, with_inputs=with_inputs)
 
 
 __all__ = ["cpu", "io", "map", "thread"]
-_ = builtins  # the builtin map stays reachable as builtins.map inside this package

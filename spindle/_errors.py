@@ -30,6 +30,10 @@ class JobError(SpindleError):
         self.failure = failure
 
 
+class Permanent(Exception):
+    """Raise (or subclass) this in a job for a failure that must not be retried."""
+
+
 class WorkerCrashed(SpindleError):
     """The worker process running a job died (killed by a signal, or exited)."""
 

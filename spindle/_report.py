@@ -33,14 +33,16 @@ class Summary:
     started: float
     done: int = 0
     failed: int = 0
+    not_started: int = 0
 
     def line(self, *, interrupted: bool = False) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = self.done / elapsed
         head = "spindle: interrupted after" if interrupted else "spindle:"
+        tail = f", {_count(self.not_started)} read but not started" if self.not_started else ""
         return (
             f"{head} {_count(self.done)} items, {_count(self.failed)} failed, "
-            f"{elapsed:.2f} s, {_count(rate)} items/s"
+            f"{elapsed:.2f} s, {_count(rate)} items/s{tail}"
         )
 
 

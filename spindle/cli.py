@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Iterator
+from types import FrameType
 from typing import IO, Any
 
 import click
 
-from ._core.pipeline import Pipeline
-from ._core.stage import KINDS, make_stage
+from ._core.pipeline import Pipeline, Results
+from ._core.stage import KINDS, make_stage, parse_bytes
 from ._errors import SpindleError
 from ._failure import Failure
 from ._loading import load_function
@@ -62,6 +64,35 @@ def main() -> None:
 @click.option(
     "--batch-size", type=click.IntRange(min=1), help="Items per batch sent to a process [adaptive]."
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a job may run before it fails with Timeout (or is retried).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Retries of a failed job, with exponential backoff and jitter.",
+)
+@click.option(
+    "--max-jobs-per-worker",
+    type=click.IntRange(min=1),
+    help="Replace a worker process after this many jobs (cpu).",
+)
+@click.option(
+    "--max-memory-per-worker",
+    metavar="SIZE",
+    help="Replace a worker process whose memory exceeds SIZE, e.g. 512MB (cpu).",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds jobs in flight get to finish after Ctrl-C or SIGTERM.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def map_command(
     function: str,
@@ -73,26 +104,78 @@ def map_command(
     ordered: bool,
     fmt: str,
     batch_size: int | None,
+    timeout: float | None,
+    retries: int,
+    max_jobs_per_worker: int | None,
+    max_memory_per_worker: str | None,
+    grace: float,
     quiet: bool,
 ) -> None:
     """Apply MODULE:FUNC to every line of INPUT (a file, or - for stdin).
 
     MODULE is a module name or a path to a .py file. Each output line is a JSON
     object {"input": ..., "result": ...}; failures go to OUTPUT.failures.jsonl and
-    make the exit status 1.
+    make the exit status 1. The first Ctrl-C (or SIGTERM) stops reading input and
+    lets jobs in flight finish for --grace seconds; a second one stops at once.
     """
     try:
         fn = load_function(function)
         stage = make_stage(
-            fn, kind, workers=workers, concurrency=concurrency, batch_size=batch_size
+            fn,
+            kind,
+            workers=workers,
+            concurrency=concurrency,
+            batch_size=batch_size,
+            timeout=timeout,
+            retries=retries,
+            max_jobs_per_worker=max_jobs_per_worker,
+            max_memory_per_worker=parse_bytes(max_memory_per_worker),
         )
         source = read_items(input_path, fmt)
         writer = RecordWriter(output)
     except SpindleError as exc:
         raise UsageProblem(str(exc)) from None
     pipeline = Pipeline([stage], ordered=ordered, on_error="yield")
-    code = _drive(pipeline, source, writer, quiet=quiet, total=source.total)
+    if not quiet and sys.stderr.isatty():
+        source.count_lines()
+    try:
+        code = _drive(pipeline, source, writer, quiet=quiet, total=source.total, grace=grace)
+    finally:
+        source.close()
     sys.exit(code)
+
+
+class _Signals:
+    """First SIGINT/SIGTERM: stop intake and drain; second: stop at once."""
+
+    def __init__(self, results: Results, grace: float) -> None:
+        self.results = results
+        self.grace = grace
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        self.results.stop_intake(self.grace)
+        _echo_err(
+            f"spindle: stopping: no new jobs; jobs in flight get {self.grace:g} s to finish "
+            "(press Ctrl-C again to stop at once)"
+        )
+
+    @property
+    def exit_status(self) -> int:
+        return 143 if self.received == signal.SIGTERM else 130
 
 
 def _drive(
@@ -102,14 +185,16 @@ def _drive(
     *,
     quiet: bool,
     total: int | None,
+    grace: float,
 ) -> int:
     """Run the pipeline, write every record, show progress; return the exit status."""
     summary = Summary(time.monotonic())
     results = pipeline.run(source, with_inputs=True)
     progress = Progress(results.stats, total=total, enabled=not quiet)
-    interrupted = False
+    signals = _Signals(results, grace)
+    stopped_at_once = False
     try:
-        with progress, writer:
+        with signals, progress, writer:
             for item, value in results:
                 if type(value) is Failure:
                     writer.failure(value, item)
@@ -120,16 +205,18 @@ def _drive(
                 if not summary.done & 1023:
                     progress.tick()
     except KeyboardInterrupt:
-        interrupted = True
+        stopped_at_once = True
     except SpindleError as exc:
         results.close()
         _echo_err(f"spindle: {exc}")
         return 2
     finally:
         results.close()
+    interrupted = stopped_at_once or signals.received is not None
+    summary.not_started = results.not_started
     _echo_err(summary.line(interrupted=interrupted))
     if interrupted:
-        return 130
+        return signals.exit_status if signals.received is not None else 130
     return 1 if summary.failed else 0
 
 

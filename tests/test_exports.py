@@ -7,6 +7,7 @@ EXPECTED = {
     "Failure",
     "JobError",
     "MalformedInput",
+    "Permanent",
     "Pipeline",
     "PipelineClosed",
     "RemoteTraceback",
@@ -21,6 +22,7 @@ EXPECTED = {
     "io",
     "map",
     "thread",
+    "worker_state",
 }
 
 

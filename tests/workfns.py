@@ -78,3 +78,83 @@ class Unbuildable(Exception):
 
 def raise_unbuildable(x: int) -> int:
     raise Unbuildable(x, x)
+
+
+class Flaky(Exception):
+    """A failure that goes away when tried again."""
+
+
+def chaos(x: int, *, marks: str, big: int = 0) -> int:
+    """A job with a fault injected at a few items (see test_faults)."""
+    import ctypes
+
+    if x == 100:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if x == 200:
+        ctypes.string_at(0)  # segmentation fault
+    if x == 300:
+        while True:
+            pass
+    if x == 400:
+        path = os.path.join(marks, "400")
+        with open(path, "a") as f:
+            f.write("x")
+        with open(path) as f:
+            if len(f.read()) < 3:
+                raise Flaky("not yet")
+    if x == 500 and big:
+        _HOARD.append(bytearray(b"\x01") * big)  # written, so resident; kept alive
+    return x * 3
+
+
+_HOARD: list[bytearray] = []
+
+
+def always_fails(x: int) -> int:
+    raise Flaky(f"item {x} always fails")
+
+
+async def async_always_fails(x: int) -> int:
+    await asyncio.sleep(0)
+    raise Flaky(f"item {x} always fails")
+
+
+def permanent_failure(x: int) -> int:
+    import spindle
+
+    raise spindle.Permanent(f"item {x} is hopeless")
+
+
+def spin_on_3(x: int) -> int:
+    if x == 3:
+        while True:
+            pass
+    return x
+
+
+async def async_hang_on_3(x: int) -> int:
+    if x == 3:
+        await asyncio.sleep(3600)
+    return x
+
+
+def make_model() -> dict[str, int]:
+    return {"pid": os.getpid(), "scale": 10}
+
+
+def use_model(x: int) -> tuple[int, int]:
+    import spindle
+
+    model = spindle.worker_state()
+    return model["pid"], x * model["scale"]
+
+
+async def async_use_model(x: int) -> int:
+    import spindle
+
+    await asyncio.sleep(0)
+    return x * spindle.worker_state()["scale"]  # type: ignore[no-any-return]
+
+
+def broken_init() -> None:
+    raise RuntimeError("model file missing")

@@ -189,6 +189,19 @@ class Channel(Generic[T]):
         for w in waiters:
             w.wake()
 
+    def discard(self) -> int:
+        """Drop every queued item and close; return how many were dropped.
+
+        Called on the consumer's side (the loop) when a run stops taking input: the
+        dropped items never started, so nothing of them is lost but their place.
+        """
+        n = 0
+        while self._chunks:
+            n += len(self._chunks.popleft())
+        self.total_out += n
+        self.close()
+        return n
+
     # -- consumer side -------------------------------------------------------------
 
     def _take(self, max_n: int) -> list[T]:

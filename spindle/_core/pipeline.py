@@ -139,6 +139,17 @@ class Results(Iterator[Any]):
     def stats(self) -> list[StageStats]:
         return self._ex.stats()
 
+    def stop_intake(self, grace: float = 5.0) -> None:
+        """Take no more input; let jobs in flight finish for ``grace`` seconds, then
+        cancel them. Safe to call from any thread, including a signal handler; the
+        iterator then ends by itself once the run has drained."""
+        self._ex.stop_intake(grace)
+
+    @property
+    def not_started(self) -> int:
+        """Items read but dropped, unstarted, by :meth:`stop_intake`."""
+        return self._ex.dropped
+
 
 class _Execution:
     """One run of a pipeline: its channels, executors, runners and threads."""
@@ -176,6 +187,7 @@ class _Execution:
         self.source_thread: threading.Thread | None = None
         self.loop_thread: threading.Thread | None = None
         self.drawn = 0
+        self.dropped = 0
 
     def stats(self) -> list[StageStats]:
         return [r.stats() for r in self.runners]
@@ -218,6 +230,18 @@ class _Execution:
     def _fail(self, exc: BaseException) -> None:
         self.out.close(exc)
         self._abort()
+
+    def stop_intake(self, grace: float) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._stop_intake, grace)
+
+    def _stop_intake(self, grace: float) -> None:
+        self.dropped += self.channels[0].discard()
+        assert self.loop is not None
+        self.loop.call_later(grace, self._abort)
 
     def _on_failure(self, failure: Failure) -> None:
         self._abort()

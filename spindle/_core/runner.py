@@ -15,6 +15,12 @@ not yet emitted, which bounds the reorder buffer: when one item is slow, up to
 it is done. With ``ordered=False`` results leave as soon as they are done and the
 window only caps how much waits for a full output channel.
 
+Retries: a failed item that the stage's retry policy accepts leaves the slot at
+once; a retry task waits out the backoff (holding nothing), takes an execution
+*permit* (there are ``capacity`` permits, shared with the slots, so retries never
+add concurrency), runs the item again, and delivers the ticket when every retried
+item of it has succeeded or given up.
+
 A :class:`~spindle.Failure` arriving from an earlier stage passes through untouched,
 in its place. When ``stop_at_failure`` is set (the last stage, with
 ``on_error="raise"``), the emitter puts out the results before the first failure and
@@ -43,6 +49,7 @@ class StageStats:
     kind: str
     done: int = 0
     failed: int = 0
+    retried: int = 0
     in_flight: int = 0
     queued: int = 0
     workers: int = 0
@@ -55,6 +62,8 @@ class StageStats:
         return (
             f"{self.name} ({self.kind}): {n(self.in_flight)} running, {n(self.queued)} queued, "
             f"{n(self.done)} done, {n(self.failed)} failed"
+            + (f", {n(self.retried)} retried" if self.retried else "")
+            + (f", {n(self.restarts)} restarts" if self.restarts else "")
         )
 
 
@@ -87,8 +96,14 @@ class StageRunner:
         self._emitter_wake: asyncio.Future[None] | None = None
         self._room_waiters: list[asyncio.Future[None]] = []
         self._slots_left = 0
+        self.retry = stage.retry
+        self._use_permits = stage.retry.retries > 0
+        self._permits = executor.capacity
+        self._permit_waiters: deque[asyncio.Future[None]] = deque()
+        self._retrying: set[asyncio.Task[None]] = set()
         self.done = 0
         self.failed = 0
+        self.retried = 0
         self.in_flight = 0
 
     def stats(self) -> StageStats:
@@ -98,6 +113,7 @@ class StageRunner:
             kind=self.stage.kind,
             done=self.done,
             failed=self.failed,
+            retried=self.retried,
             in_flight=self.in_flight,
             queued=len(self.inp),
             workers=int(extra.get("workers", self.stage.workers)),
@@ -122,7 +138,7 @@ class StageRunner:
             await asyncio.gather(*slots)
             await emitter
         finally:
-            for task in (*slots, emitter):
+            for task in (*slots, emitter, *self._retrying):
                 task.cancel()
         self.out.close()
 
@@ -149,21 +165,102 @@ class StageRunner:
             self._issued += 1
             n = len(items)
             self.in_flight += n
+            if self.tagged:
+                tags: list[Any] | None = [t for t, _ in items]
+                values = [v for _, v in items]
+            else:
+                tags, values = None, items
             try:
-                if self.tagged:
-                    tags = [t for t, _ in items]
-                    values = [v for _, v in items]
-                    outcome = await self._execute(values)
-                else:
-                    tags = None
-                    outcome = await self._execute(items)
+                outcome = await self._execute(values)
             finally:
                 self.in_flight -= n
+            if outcome.failures and self._use_permits:
+                again = [
+                    i
+                    for i, r in enumerate(outcome.results)
+                    if type(r) is Failure and r is not values[i] and self.retry.should_retry(r)
+                ]
+                if again:
+                    task = asyncio.create_task(self._retry(ticket, tags, values, outcome, again))
+                    self._retrying.add(task)
+                    continue
             self._deliver(ticket, tags, outcome)
+
+    async def _run(self, items: list[Any]) -> Outcome:
+        """``executor.run`` under a permit when retries may add work."""
+        if not self._use_permits:
+            return await self.executor.run(items)
+        await self._acquire()
+        try:
+            return await self.executor.run(items)
+        finally:
+            self._release()
+
+    async def _acquire(self) -> None:
+        if self._permits > 0 and not self._permit_waiters:
+            self._permits -= 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._permit_waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release()  # it was handed to us just as we were cancelled
+            raise
+
+    def _release(self) -> None:
+        while self._permit_waiters:
+            fut = self._permit_waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the permit passes straight to the waiter
+                return
+        self._permits += 1
+
+    async def _retry(
+        self,
+        ticket: int,
+        tags: list[Any] | None,
+        items: list[Any],
+        outcome: Outcome,
+        again: list[int],
+    ) -> None:
+        """Run failed items again with backoff, then deliver their ticket."""
+        results = list(outcome.results)
+        failures = outcome.failures
+
+        async def retry_one(i: int) -> None:
+            nonlocal failures
+            failure: Failure = results[i]
+            while self.retry.should_retry(failure):
+                await asyncio.sleep(self.retry.delay(failure.attempts))
+                self.retried += 1
+                self.in_flight += 1
+                try:
+                    result = (await self._run([items[i]])).results[0]
+                finally:
+                    self.in_flight -= 1
+                if type(result) is Failure:
+                    result.attempts = failure.attempts + 1
+                    results[i] = failure = result
+                    continue
+                results[i] = result
+                failures -= 1
+                self.failed -= 1
+                self.done += 1
+                return
+
+        try:
+            await asyncio.gather(*(retry_one(i) for i in again))
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._retrying.discard(task)
+        self._deliver(ticket, tags, Outcome(results, failures))
 
     async def _execute(self, items: list[Any]) -> Outcome:
         if Failure not in map(type, items):
-            outcome = await self.executor.run(items)
+            outcome = await self._run(items)
             self.failed += outcome.failures
             self.done += len(items) - outcome.failures
             return outcome
@@ -255,7 +352,12 @@ class StageRunner:
                 for chunk in chunks:
                     await self.out.put(chunk)
                 continue
-            if self._slots_left == 0 and not self._ready and not self._ready_fifo:
+            if (
+                self._slots_left == 0
+                and not self._retrying
+                and not self._ready
+                and not self._ready_fifo
+            ):
                 return
             self._emitter_wake = loop.create_future()
             await self._emitter_wake

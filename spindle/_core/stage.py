@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
 
 from .._errors import ConfigError
 from ..executors._batch import is_async_fn, is_generator_fn
 from ..executors.base import Executor
+from ..policies.retry import RetryPolicy
 
 Kind = Literal["io", "thread", "cpu"]
 KINDS: tuple[str, ...] = ("io", "thread", "cpu")
@@ -44,6 +45,23 @@ def _positive(name: str, value: int | None) -> int | None:
     return value
 
 
+class StageOptions(TypedDict, total=False):
+    """Options every kind of stage accepts (see :func:`spindle.cpu` for their meaning)."""
+
+    name: str | None
+    batch_size: int | None
+    buffer: int | None
+    timeout: float | None
+    retries: int
+    backoff: float | tuple[float, float]
+    retry_on: Any
+    permanent: Any
+    init: Callable[[], Any] | None
+    max_jobs_per_worker: int | None
+    max_memory_per_worker: int | str | None
+    start_method: str
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of a pipeline. Make one with :func:`spindle.io`, :func:`spindle.thread`
@@ -57,6 +75,11 @@ class Stage:
     batch_size: int | None = None
     buffer: int | None = None
     start_method: str = "auto"
+    timeout: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    init: Callable[[], Any] | None = None
+    max_jobs_per_worker: int | None = None
+    max_memory_per_worker: int | None = None
 
     @property
     def flat(self) -> bool:
@@ -85,6 +108,8 @@ class Stage:
             return self.batch_size
         if self.kind == "io" or (self.kind == "cpu" and self.is_async):
             return 1
+        if self.kind == "thread" and self.timeout is not None:
+            return 1  # a thread job that times out is abandoned alone, not with a batch
         return 256 if self.kind == "thread" else MAX_CPU_BATCH
 
     @property
@@ -100,27 +125,45 @@ class Stage:
         from ..executors.threads import ThreadExecutor
 
         if self.kind == "io":
-            return LoopExecutor(
-                self.fn, concurrency=self.concurrency, flat=self.flat, stage=self.name
-            )
+            return LoopExecutor(self)
         if self.kind == "thread":
-            return ThreadExecutor(
-                self.fn,
-                workers=self.workers,
-                flat=self.flat,
-                stage=self.name,
-                batch_size=self.batch_size,
-            )
-        return ProcessExecutor(
-            self.fn,
-            workers=self.workers,
-            flat=self.flat,
-            is_async=self.is_async,
-            stage=self.name,
-            concurrency=self.concurrency,
-            batch_size=self.batch_size,
-            start_method=self.start_method,
-        )
+            return ThreadExecutor(self)
+        return ProcessExecutor(self)
+
+
+_MEMORY_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 2**10,
+    "kb": 2**10,
+    "kib": 2**10,
+    "m": 2**20,
+    "mb": 2**20,
+    "mib": 2**20,
+    "g": 2**30,
+    "gb": 2**30,
+    "gib": 2**30,
+}
+
+
+def parse_bytes(value: int | str | None) -> int | None:
+    """``"512MB"``, ``"2 GiB"`` or a number of bytes; None stays None."""
+    if value is None or isinstance(value, int):
+        if isinstance(value, int) and value < 1:
+            raise ConfigError(f"a memory size must be positive, got {value}")
+        return value
+    text = str(value).strip().lower().replace(" ", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number) :]
+    try:
+        size = int(float(number) * _MEMORY_UNITS[unit])
+    except (KeyError, ValueError):
+        raise ConfigError(
+            f"cannot read memory size {value!r}: use bytes or a number with KB, MB or GB"
+        ) from None
+    if size < 1:
+        raise ConfigError(f"a memory size must be positive, got {value!r}")
+    return size
 
 
 def make_stage(
@@ -133,18 +176,36 @@ def make_stage(
     batch_size: int | None = None,
     buffer: int | None = None,
     start_method: str = "auto",
+    timeout: float | None = None,
+    retries: int = 0,
+    backoff: float | tuple[float, float] = (0.1, 30.0),
+    retry_on: Any = None,
+    permanent: Any = None,
+    init: Callable[[], Any] | None = None,
+    max_jobs_per_worker: int | None = None,
+    max_memory_per_worker: int | str | None = None,
 ) -> Stage:
     """Validate arguments and fill in defaults; errors say what to use instead."""
     if kind not in KINDS:
         raise ConfigError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
     if not callable(fn):
         raise ConfigError(f"the function of a stage must be callable, got {type(fn).__name__}")
-    for label, value in (("workers", workers), ("concurrency", concurrency)):
+    for label, value in (
+        ("workers", workers),
+        ("concurrency", concurrency),
+        ("batch_size", batch_size),
+        ("buffer", buffer),
+        ("max_jobs_per_worker", max_jobs_per_worker),
+    ):
         _positive(label, value)
-    _positive("batch_size", batch_size)
-    _positive("buffer", buffer)
     if start_method not in ("auto", "fork", "spawn"):
         raise ConfigError(f"start_method must be 'auto', 'fork' or 'spawn', not {start_method!r}")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if init is not None and not callable(init):
+        raise ConfigError(f"init must be a function, got {type(init).__name__}")
+    retry = RetryPolicy.make(retries, backoff, retry_on, permanent)
+    memory = parse_bytes(max_memory_per_worker)
     asynchronous = is_async_fn(fn)
     label = name or _name_of(fn)
     if kind == "io" and not asynchronous:
@@ -158,6 +219,11 @@ def make_stage(
             f"kind='thread' runs blocking functions, but {label!r} is 'async def': use "
             "kind='io' (one event loop) or kind='cpu' (an event loop in each process)"
         )
+    if kind != "cpu" and (max_jobs_per_worker or memory):
+        raise ConfigError(
+            "max_jobs_per_worker and max_memory_per_worker replace worker processes: "
+            "they apply to kind='cpu' only"
+        )
     if kind == "io":
         w, c = 1, concurrency or DEFAULT_CONCURRENCY
     elif kind == "thread":
@@ -165,4 +231,18 @@ def make_stage(
     else:
         w = workers or cpu_count()
         c = concurrency or (DEFAULT_CONCURRENCY if asynchronous else 1)
-    return Stage(fn, kind, label, w, c, batch_size, buffer, start_method)  # type: ignore[arg-type]
+    return Stage(
+        fn,
+        kind,  # type: ignore[arg-type]
+        label,
+        w,
+        c,
+        batch_size,
+        buffer,
+        start_method,
+        float(timeout) if timeout is not None else None,
+        retry,
+        init,
+        max_jobs_per_worker,
+        memory,
+    )

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import inspect
+import mmap
 import os
 import pickle
 import signal
 import socket
+import struct
 import sys
 import time
 import traceback
@@ -26,9 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .._errors import Timeout
 from .._failure import short_repr
+from .._worker_state import STATE
 from . import _wire
 from ._batch import call_batch
+
+#: Layout of a worker's progress slot: batch id, index in the batch, start time
+#: (``time.monotonic()``, the same clock in every process). Written before each item
+#: when the stage has a timeout, read by the parent's watchdog.
+PROGRESS = struct.Struct("qqd")
 
 PROTOCOL = 5
 
@@ -46,6 +56,9 @@ class WorkerConfig:
     concurrency: int
     stage: str
     sys_path: list[str]
+    timeout: float | None = None
+    init: Callable[[], Any] | None = None
+    report_rss: bool = False
 
 
 def encode_error(exc: BaseException) -> EncodedError:
@@ -60,12 +73,16 @@ def encode_error(exc: BaseException) -> EncodedError:
 
 
 def encode_result(
-    items: list[Any], results: list[Any], errors: dict[int, Exception], seconds: float
+    items: list[Any],
+    results: list[Any],
+    errors: dict[int, Exception],
+    seconds: float,
+    rss: int | None = None,
 ) -> bytes:
     """Pickle a batch's results; a result that cannot be pickled fails its item alone."""
     encoded = {i: encode_error(e) for i, e in errors.items()}
     try:
-        return pickle.dumps((results, encoded, seconds), protocol=PROTOCOL)
+        return pickle.dumps((results, encoded, seconds, rss), protocol=PROTOCOL)
     except Exception:
         pass
     for i, value in enumerate(results):
@@ -81,7 +98,7 @@ def encode_result(
                 "(str, numbers, lists, dicts, dataclasses) or use kind='thread'"
             )
             encoded[i] = ("Unpicklable", msg, "", None)
-    return pickle.dumps((results, encoded, seconds), protocol=PROTOCOL)
+    return pickle.dumps((results, encoded, seconds, rss), protocol=PROTOCOL)
 
 
 class _Sender:
@@ -92,7 +109,36 @@ class _Sender:
         self._sock.sendall(b"".join(_wire.frame(op, ident, payload)))
 
 
-def _serve_sync(sock: socket.socket, config: WorkerConfig) -> None:
+def current_rss() -> int:
+    """Resident memory of this process in bytes (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def call_batch_tracked(
+    fn: Callable[[Any], Any], items: list[Any], flat: bool, progress: mmap.mmap, ident: int
+) -> tuple[list[Any], dict[int, Exception]]:
+    """Like :func:`call_batch`, writing which item runs since when into ``progress``."""
+    write = PROGRESS.pack_into
+    clock = time.monotonic
+    results: list[Any] = []
+    errors: dict[int, Exception] = {}
+    for i, item in enumerate(items):
+        write(progress, 0, ident, i, clock())
+        try:
+            results.append(list(fn(item)) if flat else fn(item))
+        except Exception as exc:
+            errors[i] = exc
+            results.append(None)
+    return results, errors
+
+
+def _serve_sync(sock: socket.socket, config: WorkerConfig, progress: mmap.mmap | None) -> None:
     reader = _wire.FrameReader(sock)
     out = _Sender(sock)
     fn, flat = config.fn, config.flat
@@ -113,9 +159,13 @@ def _serve_sync(sock: socket.socket, config: WorkerConfig) -> None:
             out.send(_wire.OP_BAD_BATCH, ident, pickle.dumps(f"{type(exc).__name__}: {exc}"))
             continue
         t0 = clock()
-        results, errors = call_batch(fn, items, flat)
+        if progress is None:
+            results, errors = call_batch(fn, items, flat)
+        else:
+            results, errors = call_batch_tracked(fn, items, flat, progress, ident)
         seconds = clock() - t0
-        out.send(_wire.OP_RESULT, ident, encode_result(items, results, errors, seconds))
+        rss = current_rss() if config.report_rss else None
+        out.send(_wire.OP_RESULT, ident, encode_result(items, results, errors, seconds, rss))
 
 
 async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
@@ -131,9 +181,18 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
 
     async def call(x: Any) -> Any:
         async with limit:
-            if flat:
-                return [y async for y in fn(x)]
-            return await fn(x)
+            if config.timeout is None:
+                return [y async for y in fn(x)] if flat else await fn(x)
+            deadline = asyncio.timeout(config.timeout)
+            try:
+                async with deadline:
+                    return [y async for y in fn(x)] if flat else await fn(x)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                raise Timeout(
+                    f"the job took longer than the timeout of {config.timeout:g} s"
+                ) from None
 
     async def run_batch(ident: int, items: list[Any]) -> None:
         t0 = time.perf_counter()
@@ -149,8 +208,18 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
             else:
                 results.append(value)
         seconds = time.perf_counter() - t0
-        send(_wire.OP_RESULT, ident, encode_result(items, results, errors, seconds))
+        rss = current_rss() if config.report_rss else None
+        send(_wire.OP_RESULT, ident, encode_result(items, results, errors, seconds, rss))
 
+    if config.init is not None:
+        try:
+            value = config.init()
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception as exc:
+            send(_wire.OP_FATAL, 0, pickle.dumps(("init", *encode_error(exc)[:3])))
+            return
+        STATE.set(value)
     send(_wire.OP_READY, 0, pickle.dumps(os.getpid()))
     try:
         while True:
@@ -192,7 +261,7 @@ def _prepare_process() -> None:
             pass
 
 
-def serve(sock: socket.socket, config: WorkerConfig) -> None:
+def serve(sock: socket.socket, config: WorkerConfig, progress: mmap.mmap | None) -> None:
     """Run the worker loop on ``sock`` until STOP or until the parent goes away."""
     if config.is_async:
         from .._core.loop import new_event_loop
@@ -202,11 +271,19 @@ def serve(sock: socket.socket, config: WorkerConfig) -> None:
             loop.run_until_complete(_serve_async(sock, config))
         finally:
             loop.close()
-    else:
-        _serve_sync(sock, config)
+        return
+    if config.init is not None:
+        try:
+            STATE.set(config.init())
+        except Exception as exc:
+            _Sender(sock).send(_wire.OP_FATAL, 0, pickle.dumps(("init", *encode_error(exc)[:3])))
+            return
+    _serve_sync(sock, config, progress)
 
 
-def forked_main(sock: socket.socket, config: WorkerConfig, close_fds: list[int]) -> None:
+def forked_main(
+    sock: socket.socket, config: WorkerConfig, close_fds: list[int], progress: mmap.mmap | None
+) -> None:
     """Entry point in a child made by ``os.fork()``: never returns."""
     code = 0
     try:
@@ -217,7 +294,7 @@ def forked_main(sock: socket.socket, config: WorkerConfig, close_fds: list[int])
             except OSError:
                 pass
         _prepare_process()
-        serve(sock, config)
+        serve(sock, config, progress)
     except BaseException:
         traceback.print_exc()
         code = 1
@@ -230,10 +307,16 @@ def forked_main(sock: socket.socket, config: WorkerConfig, close_fds: list[int])
 
 
 def spawned_main() -> None:
-    """Entry point of a worker started as a fresh interpreter (``python -c``)."""
+    """Entry point of a worker started as a fresh interpreter (``python -c``).
+
+    ``argv``: the socket's fd, then the progress slot's fd (or -1 without a timeout).
+    """
     _prepare_process()
-    fd = int(sys.argv[1])
-    sock = socket.socket(fileno=fd)
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    progress_fd = int(sys.argv[2])
+    progress = mmap.mmap(progress_fd, PROGRESS.size) if progress_fd >= 0 else None
+    if progress_fd >= 0:
+        os.close(progress_fd)
     reader = _wire.FrameReader(sock)
     msg = reader.read()
     if msg is None or msg[0] != _wire.OP_INIT:
@@ -241,10 +324,10 @@ def spawned_main() -> None:
     try:
         config = _load_config(msg[2])
     except Exception as exc:
-        _Sender(sock).send(_wire.OP_FATAL, 0, pickle.dumps(encode_error(exc)[:3]))
+        _Sender(sock).send(_wire.OP_FATAL, 0, pickle.dumps(("load", *encode_error(exc)[:3])))
         sys.exit(1)
     reader.close()  # nothing is buffered past INIT: the parent waits for READY first
-    serve(sock, config)
+    serve(sock, config, progress)
 
 
 def _load_config(payload: bytes) -> WorkerConfig:

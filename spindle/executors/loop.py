@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import asyncio
+import inspect
+from typing import TYPE_CHECKING, Any
 
+from .._errors import Timeout
 from .._failure import Failure
+from .._worker_state import _UNSET, STATE
 from .base import Executor, Outcome
+
+if TYPE_CHECKING:
+    from .._core.stage import Stage
+
+
+def timeout_failure(item: Any, seconds: float, stage: str, detail: str = "") -> Failure:
+    """The failure of a job that ran past its stage's timeout."""
+    msg = f"the job took longer than the timeout of {seconds:g} s{detail}"
+    return Failure(item, "Timeout", msg, "", 1, stage, Timeout(msg))
 
 
 class LoopExecutor(Executor):
@@ -14,32 +26,55 @@ class LoopExecutor(Executor):
 
     Each in-flight call is one of ``capacity`` long-lived slot coroutines of the
     stage runner (the "worker coroutines" pattern), so no task is created per item.
+    A call past the stage's timeout is cancelled and fails with ``Timeout``.
     """
 
-    def __init__(
-        self, fn: Callable[[Any], Any], *, concurrency: int, flat: bool, stage: str
-    ) -> None:
-        self.fn = fn
-        self.capacity = concurrency
-        self.flat = flat
+    def __init__(self, stage: Stage) -> None:
         self.stage = stage
+        self.fn = stage.fn
+        self.capacity = stage.concurrency
+        self.flat = stage.flat
+        self.timeout = stage.timeout
+        self._state: Any = _UNSET
 
     async def start(self) -> None:
-        return None
+        init = self.stage.init
+        if init is not None:
+            value = init()
+            if inspect.isawaitable(value):
+                value = await value
+            self._state = value
+
+    async def _call(self, item: Any) -> Any:
+        if self.flat:
+            return [y async for y in self.fn(item)]
+        return await self.fn(item)
 
     async def run(self, items: list[Any]) -> Outcome:
-        fn = self.fn
         results: list[Any] = []
         failures = 0
-        for item in items:
-            try:
-                if self.flat:
-                    results.append([y async for y in fn(item)])
-                else:
-                    results.append(await fn(item))
-            except Exception as exc:
-                results.append(Failure.from_exception(item, exc, stage=self.stage))
-                failures += 1
+        token = STATE.set(self._state) if self._state is not _UNSET else None
+        try:
+            for item in items:
+                try:
+                    if self.timeout is None:
+                        results.append(await self._call(item))
+                        continue
+                    limit = asyncio.timeout(self.timeout)
+                    try:
+                        async with limit:
+                            results.append(await self._call(item))
+                    except TimeoutError:
+                        if not limit.expired():
+                            raise
+                        results.append(timeout_failure(item, self.timeout, self.stage.name))
+                        failures += 1
+                except Exception as exc:
+                    results.append(Failure.from_exception(item, exc, stage=self.stage.name))
+                    failures += 1
+        finally:
+            if token is not None:
+                STATE.reset(token)
         return Outcome(results, failures)
 
     async def aclose(self, *, cancel: bool) -> None:

@@ -23,6 +23,18 @@ workers are always spawned, since by then the parent has threads.
 A worker's death is noticed at once through its pidfd (Linux), not by polling.
 Batches are sized by :class:`~spindle.policies.batching.AdaptiveBatch` from the
 compute time workers report.
+
+Timeouts: with a stage ``timeout``, each worker writes into a small shared-memory
+slot which batch and item it is running and since when; one timer per busy worker
+reads it and, when an item has run too long, terminates the worker (SIGTERM, then
+SIGKILL). The item fails with ``Timeout``; the rest of its batch runs again on the
+other workers; a replacement worker starts. This costs one small write per item, and
+only when a timeout is set.
+
+Worker life cycle: ``max_jobs_per_worker`` and ``max_memory_per_worker`` (resident
+memory, which the worker reports after each batch) retire a worker after the batch
+that reaches the limit: it gets STOP behind the batches already sent to it, and a
+replacement starts at once.
 """
 
 from __future__ import annotations
@@ -30,14 +42,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import mmap
 import os
 import pickle
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
@@ -45,8 +58,12 @@ from .._errors import SpindleError
 from .._failure import Failure, short_repr
 from ..policies.batching import AdaptiveBatch
 from . import _wire
-from ._worker import PROTOCOL, WorkerConfig, forked_main
+from ._worker import PROGRESS, PROTOCOL, WorkerConfig, forked_main
 from .base import Executor, Outcome
+from .loop import timeout_failure
+
+if TYPE_CHECKING:
+    from .._core.stage import Stage
 
 # Parent-side ends of every live worker socket in this process. A child made by fork
 # inherits them and must close them, or a parent's death would go unnoticed by
@@ -101,11 +118,25 @@ class _Conn(asyncio.Protocol):
 class _Worker:
     """One worker process as the parent sees it."""
 
-    def __init__(self, executor: ProcessExecutor, index: int, pid: int, sock: socket.socket):
+    def __init__(
+        self,
+        executor: ProcessExecutor,
+        index: int,
+        pid: int,
+        sock: socket.socket,
+        progress: mmap.mmap | None,
+    ):
         self.executor = executor
         self.index = index
         self.pid = pid
         self.sock = sock
+        self.progress = progress
+        self.timer: asyncio.TimerHandle | None = None
+        self.timed_out: tuple[int, int] | None = None
+        self.retiring = False
+        self._eof = False
+        self.items_done = 0
+        self.items_assigned = 0
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[tuple[str, Any]]] = {}
         self.ready: asyncio.Future[None] | None = None
@@ -124,6 +155,8 @@ class _Worker:
     async def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.ready = loop.create_future()
+        # A start failure is reported by start(); do not also log it as unretrieved.
+        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.exited = asyncio.Event()
         try:
             self._pidfd = os.pidfd_open(self.pid)
@@ -136,13 +169,42 @@ class _Worker:
 
     @property
     def usable(self) -> bool:
-        """Alive, started, and ready for batches."""
-        ready = self.ready
-        return self.alive and ready is not None and ready.done() and not ready.exception()
+        """Alive, started, ready for batches and not being retired."""
+        limit = self.executor.stage.max_jobs_per_worker
+        return (
+            self.alive
+            and not self.retiring
+            and self.started
+            and not self.unreachable
+            and (limit is None or self.items_assigned < limit)
+        )
 
-    def send(self, op: int, ident: int, payload: bytes = b"") -> None:
+    @property
+    def started(self) -> bool:
+        """The worker said READY."""
+        ready = self.ready
+        return ready is not None and ready.done() and ready.exception() is None
+
+    @property
+    def unreachable(self) -> bool:
+        """Its socket closed: it is dying, and its exit will be reported shortly."""
+        return self.transport is None or self.transport.is_closing()
+
+    def read_progress(self) -> tuple[int, int, float]:
+        """(batch id, index, start time) the worker last wrote; read until stable."""
+        assert self.progress is not None
+        while True:
+            first = PROGRESS.unpack_from(self.progress)
+            if PROGRESS.unpack_from(self.progress) == first:
+                return first
+
+    def send(self, op: int, ident: int, payload: bytes = b"") -> bool:
+        """Queue a frame; False if the worker can no longer be reached."""
+        if self.unreachable:
+            return False
         assert self.transport is not None
         self.transport.writelines(_wire.frame(op, ident, payload))
+        return True
 
     # -- events from the loop --------------------------------------------------------
 
@@ -157,70 +219,124 @@ class _Worker:
             if self.ready is not None and not self.ready.done():
                 self.ready.set_result(None)
         elif op == _wire.OP_FATAL:
-            name, message, text = pickle.loads(payload)
-            err = WorkerStartError(
-                f"a worker process of stage {self.executor.stage!r} could not load the "
-                f"function: {name}: {message}. The worker imports the function's module "
-                "by name; make sure it is importable (on sys.path, or installed), or "
-                "define the function in the script that runs the pipeline."
-            )
+            where, name, message, text = pickle.loads(payload)
+            stage = self.executor.stage.name
+            if where == "init":
+                err = WorkerStartError(
+                    f"the init function of stage {stage!r} failed in a worker process: "
+                    f"{name}: {message}"
+                )
+            else:
+                err = WorkerStartError(
+                    f"a worker process of stage {stage!r} could not load the function: "
+                    f"{name}: {message}. The worker imports the function's module by name; "
+                    "make sure it is importable (on sys.path, or installed), or define the "
+                    "function in the script that runs the pipeline."
+                )
             err.add_note(text)
             if self.ready is not None and not self.ready.done():
                 self.ready.set_exception(err)
 
     def on_connection_lost(self) -> None:
-        if self._pidfd is None and self.alive and self._loop is not None:
-            self._poll_exit(0)  # pragma: no cover - platforms without pidfd
-        elif self.alive and self._loop is not None:
+        self._eof = True
+        if self._loop is None or not self.alive:
+            return
+        if self.status is not None:
+            self._finalize()
+        elif self._pidfd is None:  # pragma: no cover - platforms without pidfd
+            self._poll_exit(0)
+        else:
             # The socket closed but the process may live on (it closed the fd itself):
             # it can no longer be reached, so end it; the pidfd reports the exit.
             self._loop.call_later(1.0, self.kill)
 
     def _poll_exit(self, tries: int) -> None:  # pragma: no cover - platforms without pidfd
         assert self._loop is not None
-        if not self._reap():
+        self._on_exit()
+        if self.alive and self.status is None:
             if tries > 200:
                 self.kill()
             self._loop.call_later(0.01, self._poll_exit, tries + 1)
 
     def _on_exit(self) -> None:
-        self._reap()
+        """The process exited (its pidfd is readable): collect its status.
 
-    def _reap(self) -> bool:
-        if not self.alive:
-            return True
+        The death is acted on once the socket has also reached EOF, so that every
+        frame the worker sent before dying (a result, an init error) is read first.
+        """
+        if self.status is not None:
+            return
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
             pid, status = self.pid, 0
         if pid == 0:
-            return False
-        self.alive = False
+            return
         self.status = status
         self.reason = describe_status(status)
+        if self._pidfd is not None and self._loop is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._eof or self.transport is None:
+            self._finalize()
+        elif self._loop is not None:
+            self._loop.call_later(1.0, self._finalize)  # EOF should follow at once
+
+    def _finalize(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
         self._release()
         # A sync worker runs its batches one at a time, in the order sent: only the
         # oldest was running when it died; the others were waiting in the pipe and
         # are sent again as they were. An async worker runs them all at once.
         for n, ident in enumerate(sorted(self.pending)):
             fut = self.pending[ident]
-            if not fut.done():
-                guilty = n == 0 or self.executor.is_async
-                fut.set_result(("crashed", self.reason) if guilty else ("again", None))
+            if fut.done():
+                continue
+            if self.timed_out is not None and self.timed_out[0] == ident:
+                fut.set_result(("timeout", self.timed_out[1]))
+            elif n == 0 and self.progress is not None and self._running(ident) is not None:
+                fut.set_result(("crashed_at", (self._running(ident), self.reason)))
+            elif n == 0 or self.executor.is_async:
+                fut.set_result(("crashed", self.reason))
+            else:
+                fut.set_result(("again", None))
         self.pending.clear()
+        if self.progress is not None:
+            self.progress.close()
         if self.ready is not None and not self.ready.done():
             self.ready.set_exception(
                 WorkerStartError(
-                    f"a worker process of stage {self.executor.stage!r} {self.reason} "
+                    f"a worker process of stage {self.executor.stage.name!r} {self.reason} "
                     "while starting (see its output above)"
                 )
             )
         assert self.exited is not None
         self.exited.set()
         self.executor.on_worker_exit(self)
-        return True
+
+    def reap_blocking(self) -> None:
+        """Wait for a worker already sent SIGKILL (returns at once) and free its fds."""
+        if self.status is None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+        self.alive = False
+        self._release()
+        if self.progress is not None:
+            self.progress.close()
+
+    def _running(self, ident: int) -> int | None:
+        """The index of the item of batch ``ident`` the worker was running, if known."""
+        running, index, _ = self.read_progress()
+        return index if running == ident else None
 
     def _release(self) -> None:
+        """Free the parent's resources for this worker (idempotent)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self._pidfd is not None and self._loop is not None:
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
@@ -232,51 +348,49 @@ class _Worker:
             self.sock.close()
 
     def signal(self, sig: int) -> None:
-        if self.alive:
+        if self.alive and self.status is None:  # never signal a reaped (reusable) pid
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
 
+    def terminate(self) -> None:
+        """SIGTERM now, SIGKILL if still alive after the grace period."""
+        self.signal(signal.SIGTERM)
+        if self._loop is not None:
+            self._loop.call_later(_TERM_GRACE, self.kill)
+
 
 class ProcessExecutor(Executor):
-    """Runs a function on ``workers`` supervised processes."""
+    """Runs a stage's function on ``workers`` supervised processes."""
 
-    def __init__(
-        self,
-        fn: Callable[[Any], Any],
-        *,
-        workers: int,
-        flat: bool,
-        is_async: bool,
-        stage: str,
-        concurrency: int = 1,
-        batch_size: int | None = None,
-        prefetch: int = 2,
-        start_method: str = "auto",
-    ) -> None:
-        if start_method not in ("auto", "fork", "spawn"):
-            raise ValueError(
-                f"start_method must be 'auto', 'fork' or 'spawn', not {start_method!r}"
-            )
-        self.fn = fn
-        self.workers = workers
+    def __init__(self, stage: Stage, *, prefetch: int = 2) -> None:
         self.stage = stage
-        self.is_async = is_async
-        self.start_method = start_method
-        per_worker = concurrency if is_async else prefetch
-        self.capacity = workers * per_worker
-        if is_async and batch_size is None:
+        self.workers = stage.workers
+        self.is_async = stage.is_async
+        self.start_method = stage.start_method
+        self.timeout = stage.timeout
+        self.capacity = stage.workers * (stage.concurrency if stage.is_async else prefetch)
+        batch_size = stage.batch_size
+        if self.is_async and batch_size is None:
             batch_size = 1
-        self._batching = AdaptiveBatch(fixed=batch_size)
+        max_size = stage.max_batch
+        if stage.max_jobs_per_worker is not None:
+            max_size = min(max_size, stage.max_jobs_per_worker)
+            batch_size = min(batch_size, max_size) if batch_size is not None else None
+        self._batching = AdaptiveBatch(max_size=max_size, fixed=batch_size)
+        self._track = self.timeout is not None and not self.is_async
         self._config = WorkerConfig(
-            fn=fn,
-            flat=flat,
-            is_async=is_async,
-            concurrency=max(1, concurrency),
-            stage=stage,
+            fn=stage.fn,
+            flat=stage.flat,
+            is_async=stage.is_async,
+            concurrency=max(1, stage.concurrency),
+            stage=stage.name,
             sys_path=list(sys.path),
+            timeout=self.timeout,
+            init=stage.init,
+            report_rss=stage.max_memory_per_worker is not None,
         )
         self._init_payload: bytes | None = None
         self._workers: list[_Worker] = []
@@ -286,14 +400,17 @@ class ProcessExecutor(Executor):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._free: asyncio.Event | None = None
         self._closing = False
+        self._broken: WorkerStartError | None = None
         self._attaching: set[asyncio.Task[None]] = set()
         self.restarts = 0
         self.crashes = 0
+        self.timeouts = 0
+        self.retired = 0
 
     def __repr__(self) -> str:
         alive = sum(w.alive for w in self._workers)
         busy = sum(len(w.pending) for w in self._workers)
-        return f"<ProcessExecutor {self.stage!r}: {alive} workers, {busy} batches in flight>"
+        return f"<ProcessExecutor {self.stage.name!r}: {alive} workers, {busy} batches in flight>"
 
     def batch_size(self) -> int:
         return self._batching.size
@@ -303,6 +420,8 @@ class ProcessExecutor(Executor):
             "workers": sum(w.alive for w in self._workers),
             "restarts": self.restarts,
             "crashes": self.crashes,
+            "timeouts": self.timeouts,
+            "retired": self.retired,
             "batch_size": self._batching.size,
             "cost_per_item": self._batching.cost_per_item,
         }
@@ -315,7 +434,8 @@ class ProcessExecutor(Executor):
                 blob = cloudpickle.dumps(self._config, protocol=PROTOCOL)
             except Exception as exc:
                 raise SpindleError(
-                    f"the function of stage {self.stage!r} ({short_repr(self.fn)}) cannot be "
+                    f"the function of stage {self.stage.name!r} ({short_repr(self.stage.fn)}) "
+                    "(or its init function) cannot be "
                     f"sent to worker processes: {type(exc).__name__}: {exc}. It must be "
                     "picklable with cloudpickle (functions, lambdas and closures over plain "
                     "data are); a closure over a lock, socket or open file is not: create "
@@ -337,34 +457,51 @@ class ProcessExecutor(Executor):
             for _ in range(self.workers):
                 self._prelaunched.append(self._fork())
 
+    def _progress_slot(self) -> tuple[int, mmap.mmap] | tuple[None, None]:
+        """A shared-memory slot for the timeout watchdog (an fd and its mapping)."""
+        if not self._track:
+            return None, None
+        fd = os.memfd_create("spindle-progress")
+        os.ftruncate(fd, PROGRESS.size)
+        return fd, mmap.mmap(fd, PROGRESS.size)
+
     def _fork(self) -> _Worker:
         parent, child = socket.socketpair()
+        fd, progress = self._progress_slot()
         # Stale numbers may have been reused by the new pair: never close the child's own.
         close_in_child = [fd for fd in (*_PARENT_FDS, parent.fileno()) if fd != child.fileno()]
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
-            forked_main(child, self._config, close_in_child)
+            forked_main(child, self._config, close_in_child, progress)
         child.close()
+        if fd is not None:
+            os.close(fd)
         _PARENT_FDS.add(parent.fileno())
-        return _Worker(self, next(self._index), pid, parent)
+        return _Worker(self, next(self._index), pid, parent, progress)
 
     def _spawn(self) -> _Worker:
         payload = self._pickle_config()
         parent, child = socket.socketpair()
         fd = child.fileno()
         os.set_inheritable(fd, True)
+        progress_fd, progress = self._progress_slot()
+        if progress_fd is not None:
+            os.set_inheritable(progress_fd, True)
         env = dict(os.environ)
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_root, env.get("PYTHONPATH", "")) if p
         )
+        argv = [sys.executable, "-c", _SPAWN_CODE, str(fd), str(progress_fd or -1)]
         try:
-            pid = os.posix_spawn(sys.executable, [sys.executable, "-c", _SPAWN_CODE, str(fd)], env)
+            pid = os.posix_spawn(sys.executable, argv, env)
         finally:
             child.close()
+            if progress_fd is not None:
+                os.close(progress_fd)
         _PARENT_FDS.add(parent.fileno())
         parent.sendall(b"".join(_wire.frame(_wire.OP_INIT, 0, payload)))
-        return _Worker(self, next(self._index), pid, parent)
+        return _Worker(self, next(self._index), pid, parent, progress)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -392,9 +529,24 @@ class ProcessExecutor(Executor):
     def on_worker_exit(self, worker: _Worker) -> None:
         if self._closing:
             return
-        self.crashes += 1
         self._workers.remove(worker)
-        self._replace()
+        if not worker.started:
+            # It died while starting: starting another would likely loop. The run
+            # fails if no worker is left to do the work.
+            if not any(w.alive for w in self._workers):
+                self._broken = WorkerStartError(
+                    f"every worker process of stage {self.stage.name!r} failed to start; "
+                    f"the last one {worker.reason}"
+                )
+                assert self._free is not None
+                self._free.set()
+            return
+        if worker.timed_out is not None:
+            self.timeouts += 1
+        elif not worker.retiring:
+            self.crashes += 1
+        if not worker.retiring:  # a retired worker's replacement is already starting
+            self._replace()
 
     def _replace(self) -> None:
         assert self._loop is not None
@@ -426,8 +578,10 @@ class ProcessExecutor(Executor):
                     best = w
             if best is not None:
                 return best
+            if self._broken is not None:
+                raise self._broken
             if self._closing:
-                raise SpindleError(f"stage {self.stage!r} is closing")
+                raise SpindleError(f"stage {self.stage.name!r} is closing")
             self._free.clear()
             await self._free.wait()
 
@@ -443,10 +597,25 @@ class ProcessExecutor(Executor):
             ident = next(self._ids)
             fut: asyncio.Future[tuple[str, Any]] = self._loop.create_future()
             worker.pending[ident] = fut
-            worker.send(_wire.OP_BATCH, ident, payload)
+            if not worker.send(_wire.OP_BATCH, ident, payload):
+                del worker.pending[ident]
+                continue
+            worker.items_assigned += len(items)
+            if self._track and worker.timer is None:
+                self._watch(worker, self.timeout)
             kind, data = await fut
         if kind == "ok":
-            return self._outcome(items, data)
+            return self._outcome(worker, items, data)
+        if kind == "timeout":
+            assert self.timeout is not None
+            detail = "; its worker process was killed and replaced"
+            failed = timeout_failure(items[data], self.timeout, self.stage.name, detail)
+            return await self._after_fault(items, data, failed)
+        if kind == "crashed_at":
+            index, reason = data
+            msg = f"the worker process running this item {reason}"
+            failed = Failure(items[index], "WorkerCrashed", msg, "", 1, self.stage.name)
+            return await self._after_fault(items, index, failed)
         if len(items) > 1:
             # Which item broke the batch is unknown: run each alone to find out.
             return await self._run_split(items)
@@ -455,9 +624,59 @@ class ProcessExecutor(Executor):
                 f"input {short_repr(items[0])} could not be unpickled in the worker process "
                 f"({pickle.loads(data)}); its type must be importable there"
             )
-            return Outcome([Failure(items[0], "Unpicklable", msg, "", 1, self.stage)], 1)
+            return Outcome([Failure(items[0], "Unpicklable", msg, "", 1, self.stage.name)], 1)
         msg = f"the worker process running this item {data}"
-        return Outcome([Failure(items[0], "WorkerCrashed", msg, "", 1, self.stage)], 1)
+        return Outcome([Failure(items[0], "WorkerCrashed", msg, "", 1, self.stage.name)], 1)
+
+    async def _after_fault(self, items: list[Any], index: int, failed: Failure) -> Outcome:
+        """Item ``index`` killed its worker (or timed out): it fails, the others of the
+        batch run again (those before it had run, but their results died with it)."""
+        before = await self.run(items[:index]) if index else Outcome([], 0)
+        rest = items[index + 1 :]
+        after = await self.run(rest) if rest else Outcome([], 0)
+        return Outcome(
+            [*before.results, failed, *after.results], before.failures + 1 + after.failures
+        )
+
+    # -- the timeout watchdog --------------------------------------------------------
+
+    def _watch(self, worker: _Worker, delay: float | None) -> None:
+        assert self._loop is not None and delay is not None
+        worker.timer = self._loop.call_later(max(delay, 0.0), self._check, worker)
+
+    def _check(self, worker: _Worker) -> None:
+        """Is the item the worker is running past its deadline? Kill it if so."""
+        worker.timer = None
+        timeout = self.timeout
+        if not worker.alive or not worker.pending or timeout is None:
+            return
+        ident, index, started = worker.read_progress()
+        if ident != min(worker.pending):
+            # The oldest batch sent has not started yet: look again shortly.
+            self._watch(worker, timeout / 4)
+            return
+        overdue = time.monotonic() - started - timeout
+        if overdue < 0:
+            self._watch(worker, -overdue)
+            return
+        worker.timed_out = (ident, index)
+        worker.terminate()
+
+    # -- worker life cycle -----------------------------------------------------------
+
+    def _after_batch(self, worker: _Worker, n_items: int, rss: int | None) -> None:
+        worker.items_done += n_items
+        limit_jobs = self.stage.max_jobs_per_worker
+        limit_rss = self.stage.max_memory_per_worker
+        if worker.retiring or self._closing:
+            return
+        if (limit_jobs is not None and worker.items_done >= limit_jobs) or (
+            limit_rss is not None and rss is not None and rss >= limit_rss
+        ):
+            worker.retiring = True
+            self.retired += 1
+            worker.send(_wire.OP_STOP, 0)  # behind the batches already sent to it
+            self._replace()
 
     async def _run_split(self, items: list[Any], unpicklable: bool = False) -> Outcome:
         results: list[Any] = []
@@ -472,7 +691,7 @@ class ProcessExecutor(Executor):
                         f"process ({type(exc).__name__}: {exc}); pass plain data (str, "
                         "numbers, lists, dicts, dataclasses) or use kind='thread'"
                     )
-                    results.append(Failure(item, "Unpicklable", msg, "", 1, self.stage))
+                    results.append(Failure(item, "Unpicklable", msg, "", 1, self.stage.name))
                     failures += 1
                     continue
             one = await self.run([item])
@@ -480,21 +699,23 @@ class ProcessExecutor(Executor):
             failures += one.failures
         return Outcome(results, failures)
 
-    def _outcome(self, items: list[Any], data: bytes) -> Outcome:
+    def _outcome(self, worker: _Worker, items: list[Any], data: bytes) -> Outcome:
+        stage = self.stage.name
         try:
-            results, errors, seconds = pickle.loads(data)
+            results, errors, seconds, rss = pickle.loads(data)
         except Exception as exc:
             msg = f"the results could not be unpickled in the parent ({type(exc).__name__}: {exc})"
             return Outcome(
-                [Failure(x, "Unpicklable", msg, "", 1, self.stage) for x in items], len(items)
+                [Failure(x, "Unpicklable", msg, "", 1, stage) for x in items], len(items)
             )
         self._batching.observe(len(items), seconds)
+        self._after_batch(worker, len(items), rss)
         for i, (name, message, text, blob) in errors.items():
             exc_obj: BaseException | None = None
             if blob is not None:
                 with contextlib.suppress(Exception):
                     exc_obj = pickle.loads(blob)
-            results[i] = Failure(items[i], name, message, text, 1, self.stage, exc_obj)
+            results[i] = Failure(items[i], name, message, text, 1, stage, exc_obj)
         return Outcome(results, len(errors))
 
     # -- stopping ------------------------------------------------------------------
@@ -510,6 +731,8 @@ class ProcessExecutor(Executor):
                 os.waitpid(w.pid, 0)  # noqa: ASYNC222 - SIGKILLed: returns at once
             _PARENT_FDS.discard(w.sock.fileno())
             w.sock.close()
+            if w.progress is not None:
+                w.progress.close()
         self._prelaunched.clear()
         workers = [w for w in self._workers if w.alive]
         for w in workers:
@@ -522,6 +745,10 @@ class ProcessExecutor(Executor):
             if w.alive:
                 w.kill()
         await self._wait_exit(workers, 5.0)
+        for w in self._workers:
+            if w.alive:  # never attached (no pidfd), or not reaped in time: SIGKILLed
+                w.kill()
+                w.reap_blocking()
         if self._free is not None:
             self._free.set()
 

@@ -6,94 +6,162 @@
           ▲                                                         │
           └──────────── loop.call_soon_threadsafe(set_result) ◀─────┘
 
-A thread cannot be killed, so closing with ``cancel=True`` does not wait for a job
-that is running: the thread finishes it in the background and exits (threads are
-daemon threads for this reason alone, so that a stuck job cannot keep the
-interpreter alive); every thread is otherwise joined.
+A thread cannot be killed. A job past the stage's timeout is therefore *abandoned*:
+it fails with ``Timeout`` at once, a new thread takes the old one's place, and the
+old thread exits when the job finally returns. Closing with ``cancel=True`` does not
+wait for jobs that are running either. Threads are daemon threads for this reason
+alone, so that a job stuck forever cannot keep the interpreter alive; every thread
+is otherwise joined.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .._errors import SpindleError
 from .._failure import Failure
+from .._worker_state import STATE
 from ..policies.batching import AdaptiveBatch
 from ._batch import call_batch
 from .base import Executor, Outcome
+from .loop import timeout_failure
 
-_Job = tuple[list[Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
+if TYPE_CHECKING:
+    from .._core.stage import Stage
+
+_Job = tuple[list[Any], asyncio.Future[Any], asyncio.AbstractEventLoop, list[threading.Thread]]
 
 
 class ThreadExecutor(Executor):
-    def __init__(
-        self,
-        fn: Callable[[Any], Any],
-        *,
-        workers: int,
-        flat: bool,
-        stage: str,
-        batch_size: int | None = None,
-    ) -> None:
-        self.fn = fn
-        self.workers = workers
-        self.capacity = workers
-        self.flat = flat
+    def __init__(self, stage: Stage) -> None:
         self.stage = stage
-        self._batching = AdaptiveBatch(target=0.001, max_size=256, fixed=batch_size)
+        self.workers = stage.workers
+        self.capacity = stage.workers
+        self._batching = AdaptiveBatch(
+            target=0.001, max_size=stage.max_batch, fixed=stage.batch_size
+        )
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._abandoned: set[threading.Thread] = set()
+        self._numbers = itertools.count()
+        self._started: asyncio.Future[None] | None = None
+        self.abandoned = 0
 
     def batch_size(self) -> int:
         return self._batching.size
 
-    async def start(self) -> None:
-        for i in range(self.workers):
-            t = threading.Thread(target=self._work, name=f"spindle-{self.stage}-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+    def stats(self) -> dict[str, Any]:
+        alive = sum(t.is_alive() for t in self._threads)
+        return {"workers": alive, "abandoned": self.abandoned}
 
-    def _work(self) -> None:
-        fn, flat, jobs = self.fn, self.flat, self._jobs
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        starts = [self._add_thread(loop) for _ in range(self.workers)]
+        await asyncio.gather(*starts)
+
+    def _add_thread(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        ready: asyncio.Future[None] = loop.create_future()
+        t = threading.Thread(
+            target=self._work,
+            args=(loop, ready),
+            name=f"spindle-{self.stage.name}-{next(self._numbers)}",
+            daemon=True,
+        )
+        self._threads.append(t)
+        t.start()
+        return ready
+
+    def _work(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        stage = self.stage
+        fn, flat, jobs = stage.fn, stage.flat, self._jobs
+        me = threading.current_thread()
+        if stage.init is not None:
+            try:
+                STATE.set(stage.init())
+            except Exception as exc:
+                err = SpindleError(
+                    f"the init function of stage {stage.name!r} failed in a worker thread: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                err.__cause__ = exc
+                _call_soon(loop, _resolve, ready, err)
+                return
+        _call_soon(loop, _resolve, ready, None)
         clock = time.perf_counter
         while True:
             job = jobs.get()
             if job is None:
                 return
-            items, fut, loop = job
+            items, fut, job_loop, runner = job
+            runner.append(me)
             t0 = clock()
             try:
                 results, errors = call_batch(fn, items, flat)
                 outcome: Any = (results, errors, clock() - t0)
             except BaseException as exc:  # reported to the awaiting slot, not swallowed
                 outcome = exc
-            try:
-                loop.call_soon_threadsafe(_resolve, fut, outcome)
-            except RuntimeError:  # the loop closed while a cancelled job ran on
-                pass
+            _call_soon(job_loop, _resolve, fut, outcome)
+            if me in self._abandoned:
+                return  # a replacement took this thread's place while the job ran
 
     async def run(self, items: list[Any]) -> Outcome:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put((items, fut, loop))
-        results, errors, seconds = await fut
+        runner: list[threading.Thread] = []
+        self._jobs.put((items, fut, loop, runner))
+        timeout = self.stage.timeout
+        if timeout is None:
+            results, errors, seconds = await fut
+        else:
+            while True:
+                try:
+                    async with asyncio.timeout(timeout):
+                        results, errors, seconds = await asyncio.shield(fut)
+                    break
+                except TimeoutError:
+                    if runner:  # started: it ran too long (if not, it waited: wait more)
+                        return self._abandon(items, runner, timeout, loop)
         self._batching.observe(len(items), seconds)
         for i, exc in errors.items():
-            results[i] = Failure.from_exception(items[i], exc, stage=self.stage)
+            results[i] = Failure.from_exception(items[i], exc, stage=self.stage.name)
         return Outcome(results, len(errors))
+
+    def _abandon(
+        self,
+        items: list[Any],
+        runner: list[threading.Thread],
+        timeout: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> Outcome:
+        self.abandoned += 1
+        self._abandoned.add(runner[0])
+        self._add_thread(loop)
+        detail = "; a thread cannot be stopped, so the job was abandoned and runs on"
+        failures = [timeout_failure(x, timeout, self.stage.name, detail) for x in items]
+        return Outcome(list(failures), len(failures))
 
     async def aclose(self, *, cancel: bool) -> None:
         for _ in self._threads:
             self._jobs.put(None)
-        # Without cancel, every slot has finished, so the threads are idle and exit at
+        # Without cancel every slot has finished, so the threads are idle and exit at
         # once on the sentinel; with cancel, a thread stuck in a job is abandoned.
         for t in self._threads:
+            if t in self._abandoned:
+                continue
             t.join(timeout=0.2 if cancel else None)
         self._threads.clear()
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # the loop closed while an abandoned job ran on
+        pass
 
 
 def _resolve(fut: asyncio.Future[Any], outcome: Any) -> None:
