@@ -61,7 +61,7 @@ def cpu(
     return make_stage(fn, "cpu", workers=workers, concurrency=concurrency, **options)
 
 
-def map(  # noqa: A001 - the name mirrors the builtin on purpose
+def map(  # the name mirrors the builtin on purpose
     fn: Callable[[Any], Any],
     items: Iterable[Any],
     *,

@@ -135,7 +135,7 @@ def test_init_runs_once_per_worker_and_jobs_reach_its_value(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["cpu", "thread"])
 def test_a_failing_init_is_a_clear_error(kind: str) -> None:
-    with pytest.raises(spindle.SpindleError, match="init function .* failed.*model file missing"):
+    with pytest.raises(spindle.SpindleError, match=r"init function .* failed.*model file missing"):
         list(spindle.map(jobs.square, range(10), kind=kind, init=jobs.broken_init))
 
 
