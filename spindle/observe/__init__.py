@@ -1,0 +1,120 @@
+"""Observability of a spindle run: what it is doing now, and what it did.
+
+Everything here reads the engine's plain-data snapshot (``snapshot() -> dict``, see
+:class:`Snapshot`)::
+
+    snapshot() ─┬─▶ LiveDisplay          progress on the terminal (or a log line)
+                ├─▶ render_text/to_json  the final report (and --stats-json)
+                ├─▶ serve_metrics        Prometheus text format over HTTP
+                ├─▶ serve_dashboard      a live page with charts, workers, hosts, failures
+                └─▶ Timeline ─▶ plot_timeline   charts of the run in a file
+
+    workers ──LatencyHistogram.to_dict() per batch──▶ parent merge() ──▶ stage latency
+
+The servers and the plot need optional packages (aiohttp, prometheus_client,
+matplotlib); their names are imported on first use, so ``import spindle.observe``
+works without them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._errors import BindError as BindError
+from ._errors import MissingExtra as MissingExtra
+from ._errors import TokenRequired as TokenRequired
+from ._snapshot import FailureSnapshot as FailureSnapshot
+from ._snapshot import HostSnapshot as HostSnapshot
+from ._snapshot import Snapshot as Snapshot
+from ._snapshot import SnapshotFn as SnapshotFn
+from ._snapshot import StageSnapshot as StageSnapshot
+from ._snapshot import WorkerSnapshot as WorkerSnapshot
+from ._snapshot import normalize as normalize
+from .display import LiveDisplay as LiveDisplay
+from .histogram import HistogramDict as HistogramDict
+from .histogram import HistogramError as HistogramError
+from .histogram import LatencyHistogram as LatencyHistogram
+from .histogram import LatencySnapshot as LatencySnapshot
+from .rates import RateWindow as RateWindow
+from .rates import StagePoint as StagePoint
+from .rates import Timeline as Timeline
+from .rates import TimelineDict as TimelineDict
+from .rates import TimelinePoint as TimelinePoint
+from .report import FailureGroup as FailureGroup
+from .report import Report as Report
+from .report import group_failures as group_failures
+from .report import render_text as render_text
+from .report import to_json as to_json
+
+if TYPE_CHECKING:
+    from .dashboard import dashboard_app as dashboard_app
+    from .dashboard import serve_dashboard as serve_dashboard
+    from .plot import plot_timeline as plot_timeline
+    from .prometheus import SnapshotCollector as SnapshotCollector
+    from .prometheus import metrics_app as metrics_app
+    from .prometheus import serve_metrics as serve_metrics
+
+__all__ = [
+    "BindError",
+    "FailureGroup",
+    "FailureSnapshot",
+    "HistogramDict",
+    "HistogramError",
+    "HostSnapshot",
+    "LatencyHistogram",
+    "LatencySnapshot",
+    "LiveDisplay",
+    "MissingExtra",
+    "RateWindow",
+    "Report",
+    "Snapshot",
+    "SnapshotCollector",
+    "SnapshotFn",
+    "StagePoint",
+    "StageSnapshot",
+    "Timeline",
+    "TimelineDict",
+    "TimelinePoint",
+    "TokenRequired",
+    "WorkerSnapshot",
+    "dashboard_app",
+    "group_failures",
+    "metrics_app",
+    "normalize",
+    "plot_timeline",
+    "render_text",
+    "serve_dashboard",
+    "serve_metrics",
+    "to_json",
+]
+
+_LAZY = {
+    "dashboard_app": "dashboard",
+    "serve_dashboard": "dashboard",
+    "plot_timeline": "plot",
+    "SnapshotCollector": "prometheus",
+    "metrics_app": "prometheus",
+    "serve_metrics": "prometheus",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+    except ImportError as exc:
+        if isinstance(exc, MissingExtra):
+            raise
+        package = exc.name or "an optional package"
+        raise MissingExtra(
+            f"spindle.observe.{name} needs {package}: pip install {package}"
+        ) from exc
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

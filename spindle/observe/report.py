@@ -1,0 +1,219 @@
+"""The final report of a run, as text for the terminal and as JSON for ``--stats-json``.
+
+Both are built from the last snapshot of the run::
+
+    snapshot() ──normalize──▶ to_json(): totals, per-stage figures, failure groups, hosts
+                                  └──▶ render_text(): the same, laid out for a terminal
+
+Run totals: ``done`` counts the items that came out of the last stage; ``failed``,
+``retried`` and ``worker_restarts`` add up every stage (an item fails in one stage only).
+Failures are grouped by (error type, start of the message's first line), most frequent
+first, each with a count and its most recent example. The snapshot carries only the
+most recent failures, so the groups describe those; ``failed`` is the full count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
+
+from . import _format as fmt
+from ._snapshot import FailureSnapshot, HostSnapshot, normalize
+from .histogram import LatencySnapshot
+
+__all__ = [
+    "FailureGroup",
+    "Report",
+    "StageReport",
+    "group_failures",
+    "render_text",
+    "to_json",
+]
+
+MESSAGE_PREFIX = 60
+"""How many characters of a message's first line tell failure groups apart."""
+
+
+class FailureGroup(TypedDict):
+    """Failures with the same error type and message prefix."""
+
+    error: str
+    message: str
+    count: int
+    stages: list[str]
+    example: FailureSnapshot
+
+
+class StageReport(TypedDict):
+    """One stage's figures in the report."""
+
+    name: str
+    kind: str
+    done: int
+    failed: int
+    retried: int
+    restarts: int
+    workers: int
+    throughput: float
+    latency: LatencySnapshot
+
+
+class _ReportBase(TypedDict):
+    status: str
+    elapsed: float
+    total: int | None
+    done: int
+    failed: int
+    retried: int
+    worker_restarts: int
+    throughput: float
+    stages: list[StageReport]
+    failures_shown: int
+    failure_groups: list[FailureGroup]
+
+
+class Report(_ReportBase, total=False):
+    """What :func:`to_json` returns (``hosts`` only for fetch runs)."""
+
+    hosts: list[HostSnapshot]
+
+
+def _prefix(message: str) -> str:
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return first if len(first) <= MESSAGE_PREFIX else first[: MESSAGE_PREFIX - 1] + "…"
+
+
+def group_failures(failures: Sequence[FailureSnapshot]) -> list[FailureGroup]:
+    """Failures grouped by (error, message prefix), most frequent first."""
+    groups: dict[tuple[str, str], FailureGroup] = {}
+    for failure in sorted(failures, key=lambda f: f["time"]):
+        key = (failure["error"], _prefix(failure["message"]))
+        group = groups.get(key)
+        if group is None:
+            groups[key] = {
+                "error": key[0],
+                "message": key[1],
+                "count": 1,
+                "stages": [failure["stage"]],
+                "example": failure,
+            }
+        else:
+            group["count"] += 1
+            group["example"] = failure
+            if failure["stage"] not in group["stages"]:
+                group["stages"].append(failure["stage"])
+    return sorted(groups.values(), key=lambda g: -g["count"])
+
+
+def to_json(snapshot: Mapping[str, Any]) -> Report:
+    """The report as plain data (what ``--stats-json PATH`` writes)."""
+    snap = normalize(snapshot)
+    elapsed = snap["elapsed"]
+    stages: list[StageReport] = []
+    for stage in snap["stages"]:
+        processed = stage["done"] + stage["failed"]
+        stages.append(
+            {
+                "name": stage["name"],
+                "kind": stage["kind"],
+                "done": stage["done"],
+                "failed": stage["failed"],
+                "retried": stage["retried"],
+                "restarts": stage["restarts"],
+                "workers": stage["workers"],
+                "throughput": processed / elapsed if elapsed > 0 else 0.0,
+                "latency": stage["latency"],
+            }
+        )
+    done = stages[-1]["done"] if stages else 0
+    report: Report = {
+        "status": snap["status"],
+        "elapsed": elapsed,
+        "total": snap["total"],
+        "done": done,
+        "failed": sum(s["failed"] for s in stages),
+        "retried": sum(s["retried"] for s in stages),
+        "worker_restarts": sum(s["restarts"] for s in stages),
+        "throughput": done / elapsed if elapsed > 0 else 0.0,
+        "stages": stages,
+        "failures_shown": len(snap["failures"]),
+        "failure_groups": group_failures(snap["failures"]),
+    }
+    if "hosts" in snap:
+        report["hosts"] = snap["hosts"]
+    return report
+
+
+def _table(rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
+
+
+def render_text(snapshot: Mapping[str, Any]) -> str:
+    """The report as text for a terminal or a log."""
+    rep = to_json(snapshot)
+    total = f" of {fmt.count(rep['total'])}" if rep["total"] is not None else ""
+    lines = [
+        f"spindle: {rep['status']} after {fmt.duration(rep['elapsed'])}: "
+        f"{fmt.count(rep['done'])}{total} items done, {fmt.count(rep['failed'])} failed, "
+        f"{fmt.count(rep['retried'])} retried, {fmt.count(rep['worker_restarts'])} restarts, "
+        f"{fmt.rate(rep['throughput'])} items/s"
+    ]
+    if rep["stages"]:
+        rows = [
+            [
+                *("stage", "kind", "done", "failed", "retried", "restarts", "items/s"),
+                *("mean", "p50", "p90", "p95", "p99", "max"),
+            ]
+        ]
+        for s in rep["stages"]:
+            lat = s["latency"]
+            seconds = (lat["mean"], lat["p50"], lat["p90"], lat["p95"], lat["p99"], lat["max"])
+            rows.append(
+                [
+                    s["name"],
+                    s["kind"],
+                    fmt.count(s["done"]),
+                    fmt.count(s["failed"]),
+                    fmt.count(s["retried"]),
+                    fmt.count(s["restarts"]),
+                    fmt.rate(s["throughput"]),
+                    *(fmt.latency(v) for v in seconds),
+                ]
+            )
+        lines += ["", *_table(rows, right=set(range(2, 13)))]
+    groups = rep["failure_groups"]
+    if groups:
+        shown = rep["failures_shown"]
+        scope = "all"
+        if shown < rep["failed"]:
+            scope = f"the most recent {shown} of {fmt.count(rep['failed'])}"
+        lines += ["", f"failures ({scope}, grouped):"]
+        for g in groups:
+            ex = g["example"]
+            lines.append(f"  {g['count']:>5} x {g['error']}: {g['message']}")
+            lines.append(f"          e.g. stage {ex['stage']}, item {ex['item']}")
+            last = [ln for ln in ex["traceback"].strip().splitlines() if ln.strip()][-2:]
+            lines += [f"          {ln.strip()}" for ln in last]
+    hosts = rep.get("hosts")
+    if hosts:
+        rows = [["host", "requests", "errors", "mean latency", "limit"]]
+        for h in sorted(hosts, key=lambda h: -h["requests"]):
+            rows.append(
+                [
+                    h["host"],
+                    fmt.count(h["requests"]),
+                    fmt.count(h["errors"]),
+                    fmt.latency(h["latency_mean"]),
+                    fmt.count(h["limit"]),
+                ]
+            )
+        lines += ["", "hosts:", *_table(rows, right={1, 2, 3, 4})]
+    return "\n".join(lines) + "\n"
