@@ -102,6 +102,7 @@ class Channel(Generic[T]):
         self.capacity = capacity
         self.name = name
         self._chunks: deque[list[T]] = deque()
+        self._pos = 0  # items of the head chunk already taken
         self._lock = threading.Lock()
         self._getters: deque[_Waiter] = deque()
         self._putters: deque[_Waiter] = deque()
@@ -195,7 +196,8 @@ class Channel(Generic[T]):
         Called on the consumer's side (the loop) when a run stops taking input: the
         dropped items never started, so nothing of them is lost but their place.
         """
-        n = 0
+        n = -self._pos
+        self._pos = 0
         while self._chunks:
             n += len(self._chunks.popleft())
         self.total_out += n
@@ -205,15 +207,22 @@ class Channel(Generic[T]):
     # -- consumer side -------------------------------------------------------------
 
     def _take(self, max_n: int) -> list[T]:
+        # The head chunk is read through an offset (``_pos``), so taking one item at a
+        # time from a long chunk costs O(1), not a copy of the rest of it.
         chunks = self._chunks
-        first = chunks.popleft()
-        if len(first) > max_n:
-            chunks.appendleft(first[max_n:])
-            out = first[:max_n]
+        first = chunks[0]
+        pos = self._pos
+        left = len(first) - pos
+        if left > max_n:
+            out = first[pos : pos + max_n]
+            self._pos = pos + max_n
         else:
-            out = first
+            out = first[pos:] if pos else first
+            chunks.popleft()
+            self._pos = 0
             if chunks and len(out) + len(chunks[0]) <= max_n:
-                out = list(first)  # a fresh list: the producer's chunks stay untouched
+                if out is first:
+                    out = list(first)  # a fresh list: the producer's chunks stay untouched
                 while chunks and len(out) + len(chunks[0]) <= max_n:
                     out.extend(chunks.popleft())
         self.total_out += len(out)
@@ -223,6 +232,9 @@ class Channel(Generic[T]):
     def _take_chunks(self) -> list[list[T]]:
         chunks = self._chunks
         out = [chunks.popleft() for _ in range(len(chunks))]
+        if self._pos:
+            out[0] = out[0][self._pos :]
+            self._pos = 0
         self.total_out += sum(map(len, out))
         self._after_take()
         return out

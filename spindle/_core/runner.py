@@ -341,16 +341,18 @@ class StageRunner:
         while True:
             chunks, failures = self._collect()
             if chunks:
-                self._emitted += len(chunks)
-                waiters, self._room_waiters = self._room_waiters, []
-                for w in waiters:
-                    if not w.done():
-                        w.set_result(None)
                 if failures and self.stop_at_failure is not None:
                     await self._emit_until_failure([x for c in chunks for x in c])
                     return
                 for chunk in chunks:
                     await self.out.put(chunk)
+                    # Counted as emitted only once out: until then the emitter holds
+                    # it, and the window must not let new work in on its account.
+                    self._emitted += 1
+                    waiters, self._room_waiters = self._room_waiters, []
+                    for w in waiters:
+                        if not w.done():
+                            w.set_result(None)
                 continue
             if (
                 self._slots_left == 0
