@@ -158,14 +158,16 @@ class _Worker:
         # A start failure is reported by start(); do not also log it as unretrieved.
         self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.exited = asyncio.Event()
+        transport, _ = await loop.connect_accepted_socket(lambda: _Conn(self), sock=self.sock)
+        self.transport = transport
+        # Watch the exit only now: a worker that dies at once (its init failed) must
+        # have its last frames read from the socket before its death is acted on.
         try:
             self._pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):  # pragma: no cover - not Linux >= 5.3
             self._pidfd = None
         if self._pidfd is not None:
             loop.add_reader(self._pidfd, self._on_exit)
-        transport, _ = await loop.connect_accepted_socket(lambda: _Conn(self), sock=self.sock)
-        self.transport = transport
 
     @property
     def usable(self) -> bool:
