@@ -17,6 +17,10 @@ Every stage constructor and :func:`map` take the same options (``StageOptions``)
 - ``max_jobs_per_worker``, ``max_memory_per_worker`` (bytes, or ``"512MB"``): replace
   a worker process after the batch that reaches the limit (cpu stages).
 - ``start_method``: ``"auto"`` (fork when safe), ``"fork"`` or ``"spawn"`` (cpu).
+- ``route``: a function of the item giving its key (a host name, a user id): items
+  with the same key always go to the same worker process, by consistent hashing, so
+  per-key state (limits, connections, caches) lives in one place; when that worker
+  is replaced the key moves to the next worker on the ring meanwhile (cpu).
 """
 
 from __future__ import annotations

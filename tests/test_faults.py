@@ -153,3 +153,33 @@ def test_max_jobs_per_worker_replaces_workers() -> None:
 def test_worker_limits_apply_to_cpu_stages_only() -> None:
     with pytest.raises(spindle.ConfigError, match="kind='cpu' only"):
         spindle.map(jobs.square, [1], kind="thread", max_jobs_per_worker=5)
+
+
+def test_route_sends_each_key_to_one_worker_and_spreads_keys() -> None:
+    got = list(spindle.map(jobs.pid_and_key, range(300), kind="cpu", workers=2, route=jobs.key_of))
+    owner: dict[int, set[int]] = {}
+    for key, pid in got:
+        owner.setdefault(key, set()).add(pid)
+    assert all(len(pids) == 1 for pids in owner.values())
+    assert len({pid for pids in owner.values() for pid in pids}) == 2
+
+
+def test_route_is_for_cpu_stages() -> None:
+    with pytest.raises(spindle.ConfigError, match="route="):
+        spindle.map(jobs.square, [1], kind="thread", route=jobs.key_of)
+
+
+@pytest.mark.parametrize("kind", ["cpu", "thread", "io", "cpu-async"])
+def test_generator_init_runs_its_teardown_when_the_worker_stops(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPINDLE_TEST_MARKS", str(tmp_path))
+    if kind in ("io", "cpu-async"):
+        fn, init, prefix = jobs.async_marks_dir, jobs.async_init_with_teardown, "aclosed-"
+    else:
+        fn, init, prefix = jobs.marks_dir, jobs.init_with_teardown, "closed-"
+    real_kind = "cpu" if kind == "cpu-async" else kind
+    got = list(spindle.map(fn, range(20), kind=real_kind, workers=2, init=init))
+    assert got == [str(tmp_path)] * 20
+    closed = [p.name for p in tmp_path.iterdir() if p.name.startswith(prefix)]
+    assert len(closed) == (1 if kind == "io" else 2)

@@ -158,3 +158,39 @@ async def async_use_model(x: int) -> int:
 
 def broken_init() -> None:
     raise RuntimeError("model file missing")
+
+
+def key_of(x: int) -> int:
+    return x % 5
+
+
+def pid_and_key(x: int) -> tuple[int, int]:
+    return key_of(x), os.getpid()
+
+
+def init_with_teardown() -> Iterator[dict[str, str]]:
+    marks = os.environ["SPINDLE_TEST_MARKS"]
+    yield {"marks": marks}
+    with open(os.path.join(marks, f"closed-{os.getpid()}-{threading.get_ident()}"), "w"):
+        pass
+
+
+async def async_init_with_teardown() -> AsyncIterator[dict[str, str]]:
+    marks = os.environ["SPINDLE_TEST_MARKS"]
+    await asyncio.sleep(0)
+    yield {"marks": marks}
+    with open(os.path.join(marks, f"aclosed-{os.getpid()}"), "w"):
+        pass
+
+
+def marks_dir(_: int) -> str:
+    import spindle
+
+    return spindle.worker_state()["marks"]  # type: ignore[no-any-return]
+
+
+async def async_marks_dir(_: int) -> str:
+    import spindle
+
+    await asyncio.sleep(0)
+    return spindle.worker_state()["marks"]  # type: ignore[no-any-return]

@@ -298,7 +298,7 @@ class _Execution:
     def iterate(self) -> Generator[Any, None, None]:
         if isinstance(self.items, AsyncIterable) and not isinstance(self.items, Iterable):
             raise ConfigError("run() takes a synchronous iterable; use arun() for an async one")
-        started = False
+        started = completed = False
         try:
             for ex in self.executors:
                 ex.prepare()  # forks happen here, before spindle starts any thread
@@ -314,13 +314,16 @@ class _Execution:
             while chunks := out.get_chunks_blocking():
                 for chunk in chunks:
                     yield from chunk
+            completed = True
         finally:
-            self._stop_sync(started)
+            self._stop_sync(started, completed)
 
-    def _stop_sync(self, started: bool) -> None:
+    def _stop_sync(self, started: bool, completed: bool) -> None:
         loop, thread = self.loop, self.loop_thread
         if started and loop is not None and thread is not None:
-            if thread.is_alive():
+            # After the last result the run is closing its workers gracefully: wait
+            # for that rather than cancel it; in any other case, cancel.
+            if thread.is_alive() and not completed:
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(self._abort)
             _join_uninterrupted(thread, None)
@@ -348,6 +351,7 @@ class _Execution:
                 target=self._read_source, args=(self.items,), name="spindle-source", daemon=True
             )
         main = asyncio.create_task(self._main(async_source))
+        completed = False
         if self.source_thread is not None:
             self.source_thread.start()
         try:
@@ -356,8 +360,9 @@ class _Execution:
                 for chunk in chunks:
                     for x in chunk:
                         yield x
+            completed = True
         finally:
-            if not main.done():
+            if not main.done() and not completed:
                 self._abort()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(main)

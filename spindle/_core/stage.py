@@ -60,6 +60,7 @@ class StageOptions(TypedDict, total=False):
     max_jobs_per_worker: int | None
     max_memory_per_worker: int | str | None
     start_method: str
+    route: Callable[[Any], Any] | None
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Stage:
     init: Callable[[], Any] | None = None
     max_jobs_per_worker: int | None = None
     max_memory_per_worker: int | None = None
+    route: Callable[[Any], Any] | None = None
 
     @property
     def flat(self) -> bool:
@@ -184,6 +186,7 @@ def make_stage(
     init: Callable[[], Any] | None = None,
     max_jobs_per_worker: int | None = None,
     max_memory_per_worker: int | str | None = None,
+    route: Callable[[Any], Any] | None = None,
 ) -> Stage:
     """Validate arguments and fill in defaults; errors say what to use instead."""
     if kind not in KINDS:
@@ -224,6 +227,10 @@ def make_stage(
             "max_jobs_per_worker and max_memory_per_worker replace worker processes: "
             "they apply to kind='cpu' only"
         )
+    if route is not None and (kind != "cpu" or not callable(route)):
+        raise ConfigError("route= takes a function of the item and applies to kind='cpu' only")
+    if route is not None and not asynchronous and batch_size is None:
+        batch_size = 1  # routing is per item: a batch would mix keys
     if kind == "io":
         w, c = 1, concurrency or DEFAULT_CONCURRENCY
     elif kind == "thread":
@@ -245,4 +252,5 @@ def make_stage(
         init,
         max_jobs_per_worker,
         memory,
+        route,
     )

@@ -14,8 +14,8 @@ parent killed with SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
-import inspect
 import mmap
 import os
 import pickle
@@ -31,7 +31,7 @@ from typing import Any
 
 from .._errors import Timeout
 from .._failure import short_repr
-from .._worker_state import STATE
+from .._worker_state import STATE, InitScope
 from . import _wire
 from ._batch import call_batch
 
@@ -211,15 +211,13 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
         rss = current_rss() if config.report_rss else None
         send(_wire.OP_RESULT, ident, encode_result(items, results, errors, seconds, rss))
 
-    if config.init is not None:
+    scope = InitScope(config.init) if config.init is not None else None
+    if scope is not None:
         try:
-            value = config.init()
-            if inspect.isawaitable(value):
-                value = await value
+            STATE.set(await scope.enter())
         except Exception as exc:
             send(_wire.OP_FATAL, 0, pickle.dumps(("init", *encode_error(exc)[:3])))
             return
-        STATE.set(value)
     send(_wire.OP_READY, 0, pickle.dumps(os.getpid()))
     try:
         while True:
@@ -246,6 +244,9 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
     finally:
         for task in tasks:
             task.cancel()
+        if scope is not None:
+            with contextlib.suppress(Exception):
+                await scope.exit()
         writer.close()
 
 
@@ -272,13 +273,18 @@ def serve(sock: socket.socket, config: WorkerConfig, progress: mmap.mmap | None)
         finally:
             loop.close()
         return
-    if config.init is not None:
+    scope = InitScope(config.init) if config.init is not None else None
+    if scope is not None:
         try:
-            STATE.set(config.init())
+            STATE.set(scope.enter_sync())
         except Exception as exc:
             _Sender(sock).send(_wire.OP_FATAL, 0, pickle.dumps(("init", *encode_error(exc)[:3])))
             return
-    _serve_sync(sock, config, progress)
+    try:
+        _serve_sync(sock, config, progress)
+    finally:
+        if scope is not None:
+            scope.exit_sync()
 
 
 def forked_main(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 from typing import TYPE_CHECKING, Any
 
 from .._errors import Timeout
 from .._failure import Failure
-from .._worker_state import _UNSET, STATE
+from .._worker_state import _UNSET, STATE, InitScope
 from .base import Executor, Outcome
 
 if TYPE_CHECKING:
@@ -36,14 +35,11 @@ class LoopExecutor(Executor):
         self.flat = stage.flat
         self.timeout = stage.timeout
         self._state: Any = _UNSET
+        self._scope = InitScope(stage.init) if stage.init is not None else None
 
     async def start(self) -> None:
-        init = self.stage.init
-        if init is not None:
-            value = init()
-            if inspect.isawaitable(value):
-                value = await value
-            self._state = value
+        if self._scope is not None:
+            self._state = await self._scope.enter()
 
     async def _call(self, item: Any) -> Any:
         if self.flat:
@@ -78,4 +74,5 @@ class LoopExecutor(Executor):
         return Outcome(results, failures)
 
     async def aclose(self, *, cancel: bool) -> None:
-        return None
+        if self._scope is not None:
+            await self._scope.exit()

@@ -40,7 +40,9 @@ replacement starts at once.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import hashlib
 import itertools
 import mmap
 import os
@@ -50,6 +52,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -364,6 +367,34 @@ class _Worker:
             self._loop.call_later(_TERM_GRACE, self.kill)
 
 
+class _Ring:
+    """A consistent-hash ring of worker slots (64 virtual points per slot)."""
+
+    POINTS = 64
+
+    def __init__(self, slots: Iterable[int]) -> None:
+        points = sorted(
+            (_hash64(f"{slot}:{i}"), slot) for slot in slots for i in range(self.POINTS)
+        )
+        self._hashes = [h for h, _ in points]
+        self._slots = [slot for _, slot in points]
+
+    def walk(self, key: Any) -> Iterator[int]:
+        """Slots in ring order from the key's point, each once."""
+        start = bisect.bisect(self._hashes, _hash64(str(key)))
+        seen: set[int] = set()
+        n = len(self._slots)
+        for i in range(n):
+            slot = self._slots[(start + i) % n]
+            if slot not in seen:
+                seen.add(slot)
+                yield slot
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
 class ProcessExecutor(Executor):
     """Runs a stage's function on ``workers`` supervised processes."""
 
@@ -398,7 +429,7 @@ class ProcessExecutor(Executor):
         self._workers: list[_Worker] = []
         self._prelaunched: list[_Worker] = []
         self._ids = itertools.count(1)
-        self._index = itertools.count()
+        self._ring = _Ring(range(stage.workers)) if stage.route is not None else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._free: asyncio.Event | None = None
         self._closing = False
@@ -456,8 +487,8 @@ class ProcessExecutor(Executor):
     def prepare(self) -> None:
         self._pickle_config()  # fail early, in the caller, if the function cannot travel
         if self._can_fork():
-            for _ in range(self.workers):
-                self._prelaunched.append(self._fork())
+            for slot in range(self.workers):
+                self._prelaunched.append(self._fork(slot))
 
     def _progress_slot(self) -> tuple[int, mmap.mmap] | tuple[None, None]:
         """A shared-memory slot for the timeout watchdog (an fd and its mapping)."""
@@ -467,7 +498,7 @@ class ProcessExecutor(Executor):
         os.ftruncate(fd, PROGRESS.size)
         return fd, mmap.mmap(fd, PROGRESS.size)
 
-    def _fork(self) -> _Worker:
+    def _fork(self, slot: int) -> _Worker:
         parent, child = socket.socketpair()
         fd, progress = self._progress_slot()
         # Stale numbers may have been reused by the new pair: never close the child's own.
@@ -479,9 +510,9 @@ class ProcessExecutor(Executor):
         if fd is not None:
             os.close(fd)
         _PARENT_FDS.add(parent.fileno())
-        return _Worker(self, next(self._index), pid, parent, progress)
+        return _Worker(self, slot, pid, parent, progress)
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self, slot: int) -> _Worker:
         payload = self._pickle_config()
         parent, child = socket.socketpair()
         fd = child.fileno()
@@ -503,12 +534,12 @@ class ProcessExecutor(Executor):
                 os.close(progress_fd)
         _PARENT_FDS.add(parent.fileno())
         parent.sendall(b"".join(_wire.frame(_wire.OP_INIT, 0, payload)))
-        return _Worker(self, next(self._index), pid, parent, progress)
+        return _Worker(self, slot, pid, parent, progress)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._free = asyncio.Event()
-        fresh = self._prelaunched or [self._spawn() for _ in range(self.workers)]
+        fresh = self._prelaunched or [self._spawn(slot) for slot in range(self.workers)]
         self._prelaunched = []
         self._workers.extend(fresh)
         try:
@@ -548,12 +579,13 @@ class ProcessExecutor(Executor):
         elif not worker.retiring:
             self.crashes += 1
         if not worker.retiring:  # a retired worker's replacement is already starting
-            self._replace()
+            self._replace(worker.index)
 
-    def _replace(self) -> None:
+    def _replace(self, slot: int) -> None:
+        """Start a worker in ``slot`` (the place of one that died or retires)."""
         assert self._loop is not None
         self.restarts += 1
-        worker = self._spawn()
+        worker = self._spawn(slot)
         self._workers.append(worker)
         task = self._loop.create_task(self._attach_replacement(worker))
         self._attaching.add(task)
@@ -571,13 +603,33 @@ class ProcessExecutor(Executor):
 
     # -- running -------------------------------------------------------------------
 
-    async def _pick(self) -> _Worker:
+    def _routed(self, items: list[Any]) -> _Worker | None:
+        """Key affinity: the worker whose slot owns the item's key on the hash ring.
+
+        When that worker is not usable (it is being replaced), the next slot on the
+        ring takes the key, so a dead worker's keys move to one neighbour only.
+        """
+        assert self._ring is not None and self.stage.route is not None
+        try:
+            key = self.stage.route(items[0])
+        except Exception:
+            return None
+        usable = {w.index: w for w in self._workers if w.usable}
+        for slot in self._ring.walk(key):
+            if slot in usable:
+                return usable[slot]
+        return None
+
+    async def _pick(self, items: list[Any]) -> _Worker:
         assert self._free is not None
         while True:
             best: _Worker | None = None
-            for w in self._workers:
-                if w.usable and (best is None or len(w.pending) < len(best.pending)):
-                    best = w
+            if self._ring is not None and len(items) == 1:
+                best = self._routed(items)
+            if best is None:
+                for w in self._workers:
+                    if w.usable and (best is None or len(w.pending) < len(best.pending)):
+                        best = w
             if best is not None:
                 return best
             if self._broken is not None:
@@ -595,7 +647,7 @@ class ProcessExecutor(Executor):
         assert self._loop is not None
         kind = "again"
         while kind == "again":
-            worker = await self._pick()
+            worker = await self._pick(items)
             ident = next(self._ids)
             fut: asyncio.Future[tuple[str, Any]] = self._loop.create_future()
             worker.pending[ident] = fut
@@ -678,7 +730,7 @@ class ProcessExecutor(Executor):
             worker.retiring = True
             self.retired += 1
             worker.send(_wire.OP_STOP, 0)  # behind the batches already sent to it
-            self._replace()
+            self._replace(worker.index)
 
     async def _run_split(self, items: list[Any], unpicklable: bool = False) -> Outcome:
         results: list[Any] = []

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import SpindleError
 from .._failure import Failure
-from .._worker_state import STATE
+from .._worker_state import STATE, InitScope
 from ..policies.batching import AdaptiveBatch
 from ._batch import call_batch
 from .base import Executor, Outcome
@@ -78,11 +78,11 @@ class ThreadExecutor(Executor):
 
     def _work(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
         stage = self.stage
-        fn, flat, jobs = stage.fn, stage.flat, self._jobs
         me = threading.current_thread()
-        if stage.init is not None:
+        scope = InitScope(stage.init) if stage.init is not None else None
+        if scope is not None:
             try:
-                STATE.set(stage.init())
+                STATE.set(scope.enter_sync())
             except Exception as exc:
                 err = SpindleError(
                     f"the init function of stage {stage.name!r} failed in a worker thread: "
@@ -92,6 +92,14 @@ class ThreadExecutor(Executor):
                 _call_soon(loop, _resolve, ready, err)
                 return
         _call_soon(loop, _resolve, ready, None)
+        try:
+            self._serve(loop, me)
+        finally:
+            if scope is not None:
+                scope.exit_sync()
+
+    def _serve(self, loop: asyncio.AbstractEventLoop, me: threading.Thread) -> None:
+        fn, flat, jobs = self.stage.fn, self.stage.flat, self._jobs
         clock = time.perf_counter
         while True:
             job = jobs.get()
