@@ -179,8 +179,7 @@ async def async_init_with_teardown() -> AsyncIterator[dict[str, str]]:
     marks = os.environ["SPINDLE_TEST_MARKS"]
     await asyncio.sleep(0)
     yield {"marks": marks}
-    with open(os.path.join(marks, f"aclosed-{os.getpid()}"), "w"):
-        pass
+    os.close(os.open(os.path.join(marks, f"aclosed-{os.getpid()}"), os.O_CREAT | os.O_WRONLY))
 
 
 def marks_dir(_: int) -> str:
