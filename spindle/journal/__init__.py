@@ -1,0 +1,57 @@
+"""The journal: which items of a run are done, so that running the same command resumes.
+
+:class:`SqliteJournal` (the default) keeps item states in an SQLite database in WAL mode
+and coordinates the output writers of :mod:`spindle.outputs`: each commit makes the
+output durable up to a point, then records that point and the items' states in one
+transaction. On resume the output is cut back to the recorded point. Execution is at least
+once; recording is exactly once: one record per distinct key, none missing, none torn.
+The mechanism and its guarantees are described in ``docs/journal.md``.
+"""
+
+from __future__ import annotations
+
+from ._base import DONE as DONE
+from ._base import FAILED as FAILED
+from ._base import PENDING as PENDING
+from ._base import Journal as Journal
+from ._base import JournalStats as JournalStats
+from ._base import Key as Key
+from ._base import Record as Record
+from ._base import State as State
+from ._errors import JournalCorrupt as JournalCorrupt
+from ._errors import JournalError as JournalError
+from ._errors import JournalLocked as JournalLocked
+from ._errors import JournalMismatch as JournalMismatch
+from ._memory import MemoryJournal as MemoryJournal
+from ._sqlite import SqliteJournal as SqliteJournal
+from ._status import FailureGroup as FailureGroup
+from ._status import JournalStatus as JournalStatus
+from ._status import RunInfo as RunInfo
+from ._status import read_status as read_status
+from ._status import render_status as render_status
+from ._status import status_dict as status_dict
+from ._status import status_text as status_text
+
+__all__ = [
+    "DONE",
+    "FAILED",
+    "PENDING",
+    "FailureGroup",
+    "Journal",
+    "JournalCorrupt",
+    "JournalError",
+    "JournalLocked",
+    "JournalMismatch",
+    "JournalStats",
+    "JournalStatus",
+    "Key",
+    "MemoryJournal",
+    "Record",
+    "RunInfo",
+    "SqliteJournal",
+    "State",
+    "read_status",
+    "render_status",
+    "status_dict",
+    "status_text",
+]

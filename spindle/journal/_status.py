@@ -1,0 +1,251 @@
+"""``spindle status``: what a journal says about its runs, as text or as a dict for ``--json``.
+
+Reads the journal read-only, so it can be pointed at a journal a run is writing right now
+(WAL mode lets a reader see the last commit without blocking the writer). Totals come from
+the ``totals`` table that every commit keeps up to date, so they are quick for any size;
+failures grouped by reason take one scan of the items (no index on them, which would
+slow down every commit), and only when there are failures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ._base import key_text
+from ._errors import JournalCorrupt, JournalError
+from ._lock import is_locked
+
+#: Failure groups shown; the rest are summed up in one line.
+_MAX_GROUPS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class FailureGroup:
+    """Failed items that share an error type, with one of them as the example."""
+
+    error: str
+    count: int
+    example_key: str
+    example_message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """One run of the command over this journal (one process, from open to close).
+
+    ``state`` is ``"running"``, ``"finished"`` (closed cleanly) or ``"interrupted"``
+    (the process died or was killed before closing the journal).
+    """
+
+    id: int
+    started: float
+    ended: float | None
+    last_commit: float | None
+    done: int
+    failed: int
+    pid: int | None
+    state: str
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds from start to close, or to the last commit if it never closed."""
+        if self.state == "running":
+            end = time.time()
+        else:
+            end = self.ended or self.last_commit or self.started
+        return max(0.0, end - self.started)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalStatus:
+    """Everything ``status`` shows. ``throughput`` is items recorded per second of run time."""
+
+    path: str
+    fingerprint: str
+    created: float | None
+    done: int
+    failed: int
+    pending: int
+    in_flight: int
+    runs: tuple[RunInfo, ...]
+    failures: tuple[FailureGroup, ...]
+    outputs: dict[str, str]
+
+    @property
+    def total(self) -> int:
+        return self.done + self.failed + self.pending
+
+    @property
+    def elapsed(self) -> float:
+        return sum(run.elapsed for run in self.runs)
+
+    @property
+    def throughput(self) -> float:
+        elapsed = self.elapsed
+        recorded = sum(run.done + run.failed for run in self.runs)
+        return recorded / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def running(self) -> bool:
+        return any(run.state == "running" for run in self.runs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``spindle status --json``)."""
+        return {
+            "path": self.path,
+            "fingerprint": self.fingerprint,
+            "created": self.created,
+            "running": self.running,
+            "totals": {
+                "done": self.done,
+                "failed": self.failed,
+                "pending": self.pending,
+                "in_flight": self.in_flight,
+                "total": self.total,
+            },
+            "elapsed_seconds": round(self.elapsed, 3),
+            "throughput_per_second": round(self.throughput, 3),
+            "runs": [
+                {**asdict(run), "elapsed_seconds": round(run.elapsed, 3)} for run in self.runs
+            ],
+            "failures": [asdict(group) for group in self.failures],
+            "outputs": dict(self.outputs),
+        }
+
+
+def collect_status(
+    conn: sqlite3.Connection,
+    path: Path,
+    *,
+    running: bool = False,
+    live_run: int | None = None,
+    in_flight: int = 0,
+) -> JournalStatus:
+    """Build the status from an open connection to the journal.
+
+    ``live_run`` is the id of the run this process is making (shown as running);
+    otherwise the last unfinished run is running if the journal is locked.
+    """
+    meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+    totals = dict(conn.execute("SELECT state, n FROM totals").fetchall())
+    rows = conn.execute(
+        "SELECT id, started, ended, last_commit, done, failed, pid FROM runs ORDER BY id"
+    ).fetchall()
+    last_open = max((r[0] for r in rows if r[2] is None), default=None)
+    if live_run is None and last_open is not None and not running:
+        running = is_locked(path)
+        live_run = last_open
+    runs = []
+    for rid, started, ended, last_commit, done, failed, pid in rows:
+        if ended is not None:
+            state = "finished"
+        elif running and rid == live_run:
+            state = "running"
+        else:
+            state = "interrupted"
+        runs.append(RunInfo(rid, started, ended, last_commit, done, failed, pid, state))
+    groups: tuple[FailureGroup, ...] = ()
+    if totals.get("failed"):  # a scan of the items: no index slows down every commit for it
+        groups = tuple(
+            FailureGroup(error or "?", n, key_text(key), message or "")
+            for error, n, key, message in conn.execute(
+                "SELECT error, count(*) AS n, min(key), message FROM items"
+                " WHERE state = 'failed' GROUP BY error ORDER BY n DESC, error LIMIT ?",
+                (_MAX_GROUPS + 1,),
+            )
+        )
+    outputs = {
+        slot: identity for slot, identity in conn.execute("SELECT slot, identity FROM outputs")
+    }
+    return JournalStatus(
+        path=str(path),
+        fingerprint=str(meta.get("fingerprint", "")),
+        created=meta.get("created"),
+        done=int(totals.get("done", 0)),
+        failed=int(totals.get("failed", 0)),
+        pending=int(totals.get("pending", 0)),
+        in_flight=in_flight,
+        runs=tuple(runs),
+        failures=groups,
+        outputs=outputs,
+    )
+
+
+def read_status(path: str | os.PathLike[str]) -> JournalStatus:
+    """Open the journal at ``path`` read-only and collect its status."""
+    journal = Path(path).absolute()
+    if not journal.is_file():
+        raise JournalError(f"no journal at {journal}")
+    try:
+        conn = sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot open journal {journal}: {exc}") from exc
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        if not {"meta", "totals", "runs", "items", "outputs"} <= tables:
+            raise JournalCorrupt(f"{journal} is not a spindle journal")
+        return collect_status(conn, journal)
+    except sqlite3.DatabaseError as exc:
+        raise JournalCorrupt(f"{journal} is not a readable spindle journal: {exc}") from exc
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+
+def _duration(seconds: float) -> str:
+    h, rest = divmod(round(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _count(n: int) -> str:
+    return f"{n:,}".replace(",", " ")
+
+
+def render_status(status: JournalStatus) -> str:
+    """The text ``spindle status`` prints."""
+    state = "running" if status.running else "stopped"
+    if status.runs and not status.running:
+        last = status.runs[-1].state
+        state = (
+            "finished" if last == "finished" else "interrupted (resume by running the same command)"
+        )
+    lines = [
+        f"journal   {status.path}",
+        f"state     {state}",
+        f"done      {_count(status.done)}",
+        f"failed    {_count(status.failed)}",
+        f"pending   {_count(status.pending)}"
+        + (f" ({_count(status.in_flight)} in flight)" if status.in_flight else ""),
+        f"runs      {len(status.runs)}, elapsed {_duration(status.elapsed)}, "
+        f"{_count(round(status.throughput))} items/s",
+    ]
+    for slot, identity in sorted(status.outputs.items()):
+        lines.append(f"{slot:<9} {identity}")
+    if status.failures:
+        lines.append("failures by reason:")
+        for group in status.failures[:_MAX_GROUPS]:
+            message = group.example_message.splitlines()[0] if group.example_message else ""
+            if len(message) > 100:
+                message = message[:97] + "..."
+            lines.append(f"  {_count(group.count):>9}  {group.error}: {message}")
+            lines.append(f"             e.g. key {group.example_key}")
+        if len(status.failures) > _MAX_GROUPS:
+            lines.append("  ... and more error types")
+    return "\n".join(lines)
+
+
+def status_text(path: str | os.PathLike[str]) -> str:
+    """``spindle status PATH``."""
+    return render_status(read_status(path))
+
+
+def status_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``spindle status PATH --json``."""
+    return read_status(path).to_dict()
