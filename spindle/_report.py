@@ -1,25 +1,22 @@
-"""What the command line shows: a live progress display and a final summary line."""
+"""What the command line shows: a live display, servers, a final report and summary."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.progress import (
-    Progress as RichProgress,
-)
+import orjson
+
+from ._core.pipeline import Service
+from .observe.dashboard import serve_dashboard
+from .observe.display import LiveDisplay
+from .observe.prometheus import serve_metrics
+from .observe.report import render_text, to_json
 
 
 def _count(n: float) -> str:
@@ -46,65 +43,63 @@ class Summary:
         )
 
 
-class Progress:
-    """A rich progress display on stderr, only when stderr is a terminal.
-
-    It reads the stage counters itself on rich's refresh thread (the stats are plain
-    integers, so reading them from another thread is safe), so the loop that writes
-    records pays nothing per item.
-    """
+class Observers:
+    """What the command line shows of a run, and where: the live display, a metrics
+    endpoint and a dashboard while it runs; the final report and its JSON after."""
 
     def __init__(
         self,
-        stats: Callable[[], list[Any]],
         *,
-        total: int | None,
-        enabled: bool = True,
-        console: Console | None = None,
+        quiet: bool,
+        stats_json: str | None = None,
+        metrics_port: int | None = None,
+        dashboard_port: int | None = None,
+        host: str = "127.0.0.1",
+        token: str | None = None,
     ) -> None:
-        self._stats = stats
-        self._console = console or Console(stderr=True)
-        self.enabled = enabled and (console is not None or sys.stderr.isatty())
-        self._progress: RichProgress | None = None
-        self._task: TaskID | None = None
-        self.total = total
+        self.quiet = quiet
+        self.stats_json = stats_json
+        self.metrics_port = metrics_port
+        self.dashboard_port = dashboard_port
+        self.host = host
+        self.token = token
 
-    def __enter__(self) -> Progress:
-        if self.enabled:
-            self._progress = RichProgress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[detail]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=self._console,
-                transient=False,
-                get_time=time.monotonic,
+    def services(self) -> list[Service]:
+        """The async context managers to run beside the pipeline, on its loop."""
+        out: list[Service] = [lambda snap: LiveDisplay(snap, quiet=self.quiet)]
+        if self.metrics_port is not None:
+            port = self.metrics_port
+            out.append(
+                lambda snap: _announce(
+                    "metrics", serve_metrics(snap, self.host, port, token=self.token)
+                )
             )
-            self._progress.__enter__()
-            self._task = self._progress.add_task("spindle", total=self.total, detail="")
-            self._refresh()
-        return self
+        if self.dashboard_port is not None:
+            dport = self.dashboard_port
+            out.append(
+                lambda snap: _announce(
+                    "dashboard", serve_dashboard(snap, self.host, dport, self.token)
+                )
+            )
+        return out
 
-    def tick(self) -> None:
-        """Update the display from the stage counters (cheap; call every few items)."""
-        if self._progress is not None:
-            self._refresh()
+    def finish(self, snapshot: dict[str, Any]) -> None:
+        """The final report on stderr (unless quiet), and its JSON if asked for."""
+        if not self.quiet:
+            print(render_text(snapshot), file=sys.stderr)
+        if self.stats_json:
+            try:
+                with open(self.stats_json, "wb") as f:
+                    f.write(orjson.dumps(to_json(snapshot), option=orjson.OPT_INDENT_2))
+            except OSError as exc:
+                print(
+                    f"spindle: cannot write {self.stats_json!r}: {exc.strerror or exc}",
+                    file=sys.stderr,
+                )
 
-    def _refresh(self) -> None:
-        if self._progress is None or self._task is None:
-            return
-        stages = self._stats()
-        if not stages:
-            return
-        last = stages[-1]
-        done = last.done + last.failed
-        detail = " ".join(f"{s.name}: {s.in_flight} running, {s.failed} failed" for s in stages)
-        self._progress.update(self._task, completed=done, detail=detail)
 
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._refresh()
-            self._progress.__exit__(None, None, None)
-            self._progress = None
+@contextlib.asynccontextmanager
+async def _announce(what: str, server: AbstractAsyncContextManager[str]) -> AsyncIterator[str]:
+    async with server as url:
+        print(f"spindle: {what} at {url}", file=sys.stderr, flush=True)
+        yield url

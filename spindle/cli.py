@@ -17,7 +17,7 @@ from ._errors import SpindleError
 from ._failure import Failure
 from ._loading import load_function
 from ._records import RecordWriter, read_items
-from ._report import Progress, Summary
+from ._report import Observers, Summary
 
 
 class UsageProblem(click.ClickException):
@@ -93,7 +93,38 @@ def main() -> None:
     show_default=True,
     help="Seconds jobs in flight get to finish after Ctrl-C or SIGTERM.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display and no final report.")
+@click.option(
+    "--stats-json",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the final report as JSON to this file.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics on this port (127.0.0.1) during the run.",
+)
+@click.option(
+    "--dashboard",
+    "dashboard_port",
+    type=click.IntRange(0, 65535),
+    is_flag=False,
+    flag_value=0,
+    default=None,
+    metavar="[PORT]",
+    help="Serve a live dashboard (on PORT, or a free port) during the run.",
+)
+@click.option(
+    "--dashboard-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the dashboard and metrics bind to; beyond loopback needs a token.",
+)
+@click.option(
+    "--dashboard-token",
+    envvar="SPINDLE_DASHBOARD_TOKEN",
+    help="Token required on every dashboard/metrics request.",
+)
 def map_command(
     function: str,
     input_path: str,
@@ -110,6 +141,11 @@ def map_command(
     max_memory_per_worker: str | None,
     grace: float,
     quiet: bool,
+    stats_json: str | None,
+    metrics_port: int | None,
+    dashboard_port: int | None,
+    dashboard_host: str,
+    dashboard_token: str | None,
 ) -> None:
     """Apply MODULE:FUNC to every line of INPUT (a file, or - for stdin).
 
@@ -138,8 +174,16 @@ def map_command(
     pipeline = Pipeline([stage], ordered=ordered, on_error="yield")
     if not quiet and sys.stderr.isatty():
         source.count_lines()
+    view = Observers(
+        quiet=quiet,
+        stats_json=stats_json,
+        metrics_port=metrics_port,
+        dashboard_port=dashboard_port,
+        host=dashboard_host,
+        token=dashboard_token,
+    )
     try:
-        code = _drive(pipeline, source, writer, quiet=quiet, total=source.total, grace=grace)
+        code = _drive(pipeline, source, writer, view=view, total=source.total, grace=grace)
     finally:
         source.close()
     sys.exit(code)
@@ -183,18 +227,17 @@ def _drive(
     source: Iterator[Any],
     writer: RecordWriter,
     *,
-    quiet: bool,
+    view: Observers,
     total: int | None,
     grace: float,
 ) -> int:
     """Run the pipeline, write every record, show progress; return the exit status."""
     summary = Summary(time.monotonic())
-    results = pipeline.run(source, with_inputs=True)
-    progress = Progress(results.stats, total=total, enabled=not quiet)
+    results = pipeline.run(source, with_inputs=True, total=total, services=view.services())
     signals = _Signals(results, grace)
     stopped_at_once = False
     try:
-        with signals, progress, writer:
+        with signals, writer:
             for item, value in results:
                 if type(value) is Failure:
                     writer.failure(value, item)
@@ -202,8 +245,6 @@ def _drive(
                 else:
                     writer.result(item, value)
                 summary.done += 1
-                if not summary.done & 1023:
-                    progress.tick()
     except KeyboardInterrupt:
         stopped_at_once = True
     except SpindleError as exc:
@@ -214,6 +255,7 @@ def _drive(
         results.close()
     interrupted = stopped_at_once or signals.received is not None
     summary.not_started = results.not_started
+    view.finish(results.snapshot())
     _echo_err(summary.line(interrupted=interrupted))
     if interrupted:
         return signals.exit_status if signals.received is not None else 130
@@ -222,3 +264,8 @@ def _drive(
 
 def _echo_err(text: str, stream: IO[str] | None = None) -> None:
     click.echo(text, err=True)
+
+
+from .jobs.fetch._command import fetch_command  # noqa: E402
+
+main.add_command(fetch_command)

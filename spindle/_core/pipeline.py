@@ -22,7 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator, Sequence
+import time
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
+from contextlib import AbstractAsyncContextManager
 from itertools import islice
 from typing import Any, Literal
 
@@ -35,6 +45,9 @@ from .runner import StageRunner, StageStats
 from .stage import Stage
 
 OnError = Literal["raise", "yield"]
+#: Something to run beside a pipeline on its loop: given the run's ``snapshot``
+#: function, returns an async context manager (a display, a metrics server...).
+Service = Callable[[Callable[[], dict[str, Any]]], AbstractAsyncContextManager[Any]]
 #: Capacity of the channel between the last stage and the caller.
 OUTPUT_BUFFER = 8192
 #: Seconds the caller waits for the source thread to finish after a stop; a source
@@ -79,20 +92,42 @@ class Pipeline:
         names = " -> ".join(f"{s.name}({s.kind})" for s in self.stages)
         return f"<Pipeline {names}>"
 
-    def run(self, items: Iterable[Any], *, with_inputs: bool = False) -> Results:
+    def run(
+        self,
+        items: Iterable[Any],
+        *,
+        with_inputs: bool = False,
+        total: int | None = None,
+        services: Sequence[Service] = (),
+    ) -> Results:
         """Run over ``items``; a lazy iterator of results (``(input, result)`` pairs
-        with ``with_inputs``). Nothing starts until the first result is asked for."""
-        ex = _Execution(self, items, with_inputs)
+        with ``with_inputs``). Nothing starts until the first result is asked for.
+
+        ``total`` (the input size, when known) feeds progress bars; ``services`` are
+        callables that take the run's ``snapshot`` function and return an async
+        context manager, entered on the run's event loop for the whole run (a live
+        display, a metrics endpoint, a dashboard: see :mod:`spindle.observe`).
+        """
+        ex = _Execution(self, items, with_inputs, total, services)
         self._last = ex
         return Results(ex)
 
     def arun(
-        self, items: Iterable[Any] | AsyncIterable[Any], *, with_inputs: bool = False
+        self,
+        items: Iterable[Any] | AsyncIterable[Any],
+        *,
+        with_inputs: bool = False,
+        total: int | None = None,
+        services: Sequence[Service] = (),
     ) -> AsyncIterator[Any]:
         """Like :meth:`run`, as an async iterator on the running event loop."""
-        ex = _Execution(self, items, with_inputs)
+        ex = _Execution(self, items, with_inputs, total, services)
         self._last = ex
         return ex.aiterate()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The latest run as plain data (see :meth:`Results.snapshot`)."""
+        return self._last.snapshot() if self._last is not None else {}
 
     def stats(self) -> list[StageStats]:
         """Counters of each stage of the latest run."""
@@ -139,6 +174,11 @@ class Results(Iterator[Any]):
     def stats(self) -> list[StageStats]:
         return self._ex.stats()
 
+    def snapshot(self) -> dict[str, Any]:
+        """The run as plain data: elapsed, status, and per stage the counters and
+        latency percentiles, the workers' states and the most recent failures."""
+        return self._ex.snapshot()
+
     def stop_intake(self, grace: float = 5.0) -> None:
         """Take no more input; let jobs in flight finish for ``grace`` seconds, then
         cancel them. Safe to call from any thread, including a signal handler; the
@@ -154,10 +194,21 @@ class Results(Iterator[Any]):
 class _Execution:
     """One run of a pipeline: its channels, executors, runners and threads."""
 
-    def __init__(self, pipeline: Pipeline, items: Any, with_inputs: bool) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        items: Any,
+        with_inputs: bool,
+        total: int | None = None,
+        services: Sequence[Service] = (),
+    ) -> None:
         self.pipeline = pipeline
         self.items = items
         self.tagged = with_inputs
+        self.total = total
+        self.services = list(services)
+        self.started_at: float | None = None
+        self.status = "running"
         stages = pipeline.stages
         self.channels: list[Channel[Any]] = [
             Channel(s.input_buffer, name=f"{s.name}.in") for s in stages
@@ -191,6 +242,22 @@ class _Execution:
 
     def stats(self) -> list[StageStats]:
         return [r.stats() for r in self.runners]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data about the run; cheap, and safe to call from any thread (it only
+        reads counters and copies small bounded buffers)."""
+        started = self.started_at
+        failures = sorted(
+            (f for r in self.runners for f in list(r.recent_failures)), key=lambda f: f["time"]
+        )[-50:]
+        return {
+            "elapsed": 0.0 if started is None else time.monotonic() - started,
+            "status": self.status,
+            "total": self.total,
+            "stages": [r.snapshot() for r in self.runners],
+            "workers": [w for ex in self.executors for w in ex.workers_snapshot()],
+            "failures": failures,
+        }
 
     # -- the source ----------------------------------------------------------------
 
@@ -239,6 +306,7 @@ class _Execution:
             loop.call_soon_threadsafe(self._stop_intake, grace)
 
     def _stop_intake(self, grace: float) -> None:
+        self.status = "stopping"
         self.dropped += self.channels[0].discard()
         assert self.loop is not None
         self.loop.call_later(grace, self._abort)
@@ -257,31 +325,38 @@ class _Execution:
 
     async def _main(self, async_source: AsyncIterable[Any] | None = None) -> None:
         self.main_task = asyncio.current_task()
+        self.started_at = time.monotonic()
         tasks: list[asyncio.Task[None]] = []
-        try:
-            await asyncio.gather(*(ex.start() for ex in self.executors))
-            if async_source is not None:
-                tasks.append(asyncio.create_task(self._read_async_source(async_source)))
-            tasks.extend(asyncio.create_task(r.run()) for r in self.runners)
-            await asyncio.gather(*tasks)
-        except asyncio.CancelledError:
-            self.cancelled = True
-            self.out.close()
-        except BaseException as exc:
-            self.cancelled = True
-            self.out.close(exc)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self.finishing = True
-            for t in tasks:
-                t.cancel()
-            for ch in self.channels:
-                ch.close()  # releases a source thread waiting for room
-            await _finish(asyncio.gather(*tasks, return_exceptions=True))
-            closing = [ex.aclose(cancel=self.cancelled) for ex in self.executors]
-            await _finish(asyncio.gather(*closing, return_exceptions=True))
-            self.out.close()
+        async with contextlib.AsyncExitStack() as services:
+            try:
+                for make in self.services:
+                    await services.enter_async_context(make(self.snapshot))
+                await asyncio.gather(*(ex.start() for ex in self.executors))
+                if async_source is not None:
+                    tasks.append(asyncio.create_task(self._read_async_source(async_source)))
+                tasks.extend(asyncio.create_task(r.run()) for r in self.runners)
+                await asyncio.gather(*tasks)
+                self.status = "done" if self.status == "running" else "stopped"
+            except asyncio.CancelledError:
+                self.cancelled = True
+                self.status = "stopped"
+                self.out.close()
+            except BaseException as exc:
+                self.cancelled = True
+                self.status = "failed"
+                self.out.close(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            finally:
+                self.finishing = True
+                for t in tasks:
+                    t.cancel()
+                for ch in self.channels:
+                    ch.close()  # releases a source thread waiting for room
+                await _finish(asyncio.gather(*tasks, return_exceptions=True))
+                closing = [ex.aclose(cancel=self.cancelled) for ex in self.executors]
+                await _finish(asyncio.gather(*closing, return_exceptions=True))
+                self.out.close()
 
     # -- synchronous iteration -----------------------------------------------------
 

@@ -30,13 +30,15 @@ then closes the output channel with that failure's exception.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._failure import Failure
+from .._failure import Failure, short_repr
 from ..executors.base import Executor, Outcome
+from ..observe.histogram import LatencyHistogram
 from .channel import Channel
 from .stage import Stage
 
@@ -105,6 +107,8 @@ class StageRunner:
         self.failed = 0
         self.retried = 0
         self.in_flight = 0
+        self.latency = LatencyHistogram()
+        self.recent_failures: deque[dict[str, Any]] = deque(maxlen=50)
 
     def stats(self) -> StageStats:
         extra = self.executor.stats()
@@ -135,8 +139,8 @@ class StageRunner:
             for _ in range(n)
         ]
         try:
-            await asyncio.gather(*slots)
-            await emitter
+            # Together: if the emitter fails, slots must not wait for window room forever.
+            await asyncio.gather(*slots, emitter)
         finally:
             for task in (*slots, emitter, *self._retrying):
                 task.cancel()
@@ -187,14 +191,54 @@ class StageRunner:
             self._deliver(ticket, tags, outcome)
 
     async def _run(self, items: list[Any]) -> Outcome:
-        """``executor.run`` under a permit when retries may add work."""
+        """``executor.run`` (under a permit when retries may add work), timed."""
         if not self._use_permits:
-            return await self.executor.run(items)
-        await self._acquire()
-        try:
-            return await self.executor.run(items)
-        finally:
-            self._release()
+            outcome = await self.executor.run(items)
+        else:
+            await self._acquire()
+            try:
+                outcome = await self.executor.run(items)
+            finally:
+                self._release()
+        n = len(items)
+        if n == 1:
+            self.latency.record(max(outcome.seconds, 0.0))
+        elif n:
+            self.latency.record_n(max(outcome.seconds, 0.0) / n, n)
+        return outcome
+
+    def _note_failures(self, results: list[Any]) -> None:
+        """Keep the most recent failures of this stage for reports and dashboards."""
+        now = time.time()
+        name = self.stage.name
+        for r in results:
+            if type(r) is Failure and r.stage == name:
+                self.recent_failures.append(
+                    {
+                        "time": now,
+                        "stage": name,
+                        "item": short_repr(r.item),
+                        "error": r.error,
+                        "message": r.message,
+                        "traceback": r.traceback,
+                    }
+                )
+
+    def snapshot(self) -> dict[str, Any]:
+        """This stage as plain data (the ``stages`` entries of a run's snapshot)."""
+        extra = self.executor.stats()
+        return {
+            "name": self.stage.name,
+            "kind": self.stage.kind,
+            "done": self.done,
+            "failed": self.failed,
+            "retried": self.retried,
+            "in_flight": self.in_flight,
+            "queued": len(self.inp),
+            "workers": int(extra.get("workers", self.stage.workers)),
+            "restarts": int(extra.get("restarts", 0)),
+            "latency": self.latency.snapshot(),
+        }
 
     async def _acquire(self) -> None:
         if self._permits > 0 and not self._permit_waiters:
@@ -283,7 +327,9 @@ class StageRunner:
         return Outcome(results, failures)
 
     def _deliver(self, ticket: int, tags: list[Any] | None, outcome: Outcome) -> None:
-        results, failures = outcome
+        results, failures = outcome.results, outcome.failures
+        if failures:
+            self._note_failures(results)
         if self.flat:
             outs: list[Any] = []
             if tags is None:

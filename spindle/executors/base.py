@@ -16,6 +16,8 @@ class Outcome(NamedTuple):
 
     results: list[Any]
     failures: int
+    #: Seconds the function ran for this batch (compute time, not queueing).
+    seconds: float = 0.0
 
 
 class Executor(ABC):
@@ -53,3 +55,7 @@ class Executor(ABC):
     def stats(self) -> dict[str, Any]:
         """Plain data about the workers (counts, restarts...)."""
         return {}
+
+    def workers_snapshot(self) -> list[dict[str, Any]]:
+        """One plain-data record per worker: index, pid, state, jobs, restarts."""
+        return []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from .._errors import Timeout
@@ -50,6 +52,7 @@ class LoopExecutor(Executor):
         results: list[Any] = []
         failures = 0
         token = STATE.set(self._state) if self._state is not _UNSET else None
+        t0 = time.perf_counter()
         try:
             for item in items:
                 try:
@@ -71,7 +74,19 @@ class LoopExecutor(Executor):
         finally:
             if token is not None:
                 STATE.reset(token)
-        return Outcome(results, failures)
+        return Outcome(results, failures, time.perf_counter() - t0)
+
+    def workers_snapshot(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "stage": self.stage.name,
+                "index": 0,
+                "pid": os.getpid(),
+                "state": "busy",
+                "jobs": 0,
+                "restarts": 0,
+            }
+        ]
 
     async def aclose(self, *, cancel: bool) -> None:
         if self._scope is not None:

@@ -430,6 +430,7 @@ class ProcessExecutor(Executor):
         self._prelaunched: list[_Worker] = []
         self._ids = itertools.count(1)
         self._ring = _Ring(range(stage.workers)) if stage.route is not None else None
+        self._slot_restarts: dict[int, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._free: asyncio.Event | None = None
         self._closing = False
@@ -585,6 +586,7 @@ class ProcessExecutor(Executor):
         """Start a worker in ``slot`` (the place of one that died or retires)."""
         assert self._loop is not None
         self.restarts += 1
+        self._slot_restarts[slot] = self._slot_restarts.get(slot, 0) + 1
         worker = self._spawn(slot)
         self._workers.append(worker)
         task = self._loop.create_task(self._attach_replacement(worker))
@@ -770,7 +772,28 @@ class ProcessExecutor(Executor):
                 with contextlib.suppress(Exception):
                     exc_obj = pickle.loads(blob)
             results[i] = Failure(items[i], name, message, text, 1, stage, exc_obj)
-        return Outcome(results, len(errors))
+        return Outcome(results, len(errors), seconds)
+
+    def workers_snapshot(self) -> list[dict[str, Any]]:
+        out = []
+        for w in self._workers:
+            if not w.alive:
+                state = "dead"
+            elif not w.started:
+                state = "starting"
+            else:
+                state = "busy" if w.pending else "idle"
+            out.append(
+                {
+                    "stage": self.stage.name,
+                    "index": w.index,
+                    "pid": w.pid,
+                    "state": state,
+                    "jobs": w.items_done,
+                    "restarts": self._slot_restarts.get(w.index, 0),
+                }
+            )
+        return out
 
     # -- stopping ------------------------------------------------------------------
 

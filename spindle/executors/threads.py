@@ -137,7 +137,24 @@ class ThreadExecutor(Executor):
         self._batching.observe(len(items), seconds)
         for i, exc in errors.items():
             results[i] = Failure.from_exception(items[i], exc, stage=self.stage.name)
-        return Outcome(results, len(errors))
+        return Outcome(results, len(errors), seconds)
+
+    def workers_snapshot(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "stage": self.stage.name,
+                "index": i,
+                "pid": None,
+                "state": "dead"
+                if not t.is_alive()
+                else "abandoned"
+                if t in self._abandoned
+                else "busy",
+                "jobs": 0,
+                "restarts": 0,
+            }
+            for i, t in enumerate(self._threads)
+        ]
 
     def _abandon(
         self,

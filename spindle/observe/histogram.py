@@ -152,6 +152,27 @@ class LatencyHistogram:
         counts = self._counts
         counts[code] = counts.get(code, 0) + 1
 
+    def record_n(self, seconds: float, n: int) -> None:
+        """Count ``n`` latencies of ``seconds`` each in O(1).
+
+        A batch of tiny jobs is timed as a whole; its mean stands for each of its
+        items, which keeps per-item cost at zero where timing each item would not.
+        """
+        if n <= 0:
+            return
+        if not 0.0 <= seconds < math.inf:
+            raise HistogramError(f"a latency must be a finite number >= 0, not {seconds!r}")
+        self._count += n
+        self._sum += seconds * n
+        if seconds < self._min:
+            self._min = seconds
+        if seconds > self._max:
+            self._max = seconds
+        clamped = LOWEST if seconds < LOWEST else HIGHEST if seconds > HIGHEST else seconds
+        code = _unpack_u32(_pack_f32(clamped))[0] >> 16
+        counts = self._counts
+        counts[code] = counts.get(code, 0) + n
+
     def record_many(self, values: Iterable[float]) -> None:
         """Count a batch of latencies, in seconds: the fast path (about 0.2 µs a value)."""
         vals: Sequence[float] = values if isinstance(values, list | tuple) else list(values)

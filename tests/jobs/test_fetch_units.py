@@ -31,6 +31,7 @@ def test_public_surface_is_pinned() -> None:
         "FetchResult",
         "Fetcher",
         "Response",
+        "fetch",
         "raise_nofile_limit",
     ]
     assert all(hasattr(fetch_api, name) for name in fetch_api.__all__)

@@ -178,3 +178,18 @@ def test_repr_is_readable() -> None:
     h.record_many([0.01] * 10)
     assert "count=10" in repr(h)
     assert "ms" in repr(h)
+
+
+def test_record_n_equals_recording_n_times() -> None:
+    a, b = LatencyHistogram(), LatencyHistogram()
+    a.record_n(0.0123, 500)
+    for _ in range(500):
+        b.record(0.0123)
+    assert a.count == b.count == 500
+    sa, sb = a.snapshot(), b.snapshot()
+    assert sa["mean"] == pytest.approx(sb["mean"])
+    assert {k: v for k, v in sa.items() if k != "mean"} == {
+        k: v for k, v in sb.items() if k != "mean"
+    }
+    a.record_n(1.0, 0)
+    assert a.count == 500

@@ -25,6 +25,11 @@ Politeness is per ``host:port``: a concurrency limit that halves on 429/503 and
 grows back slowly (AIMD), spacing between request starts (``rate``, robots.txt
 Crawl-delay, and a penalty after 429/503), robots.txt fetched once per host, and
 a breaker that gives up on a host after consecutive connection errors.
+
+In a pipeline, :func:`fetch` is the stage that does all this on every core: each
+worker process owns one Fetcher and every URL of a host goes to the same worker::
+
+    pipeline = spindle.Pipeline([fetch(per_host=4, response=True), spindle.cpu(parse)])
 """
 
 from ._client import Fetcher
@@ -32,6 +37,7 @@ from ._errors import FetchFailed
 from ._limits import raise_nofile_limit
 from ._options import DEFAULT_USER_AGENT, FetchOptions
 from ._response import FetchResult, Response
+from ._stage import fetch
 
 __all__ = [
     "DEFAULT_USER_AGENT",
@@ -40,5 +46,6 @@ __all__ = [
     "FetchResult",
     "Fetcher",
     "Response",
+    "fetch",
     "raise_nofile_limit",
 ]
