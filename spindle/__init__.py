@@ -5,14 +5,9 @@ its own event loop) in one bounded pipeline that reads its input lazily, loses
 nothing, and stops cleanly.
 """
 
-from ._api import cpu as cpu
-from ._api import io as io
-from ._api import map as map
-from ._api import thread as thread
-from ._core.pipeline import Pipeline as Pipeline
-from ._core.pipeline import Results as Results
-from ._core.runner import StageStats as StageStats
-from ._core.stage import Stage as Stage
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import ConfigError as ConfigError
 from ._errors import JobError as JobError
 from ._errors import MalformedInput as MalformedInput
@@ -25,6 +20,16 @@ from ._errors import Unpicklable as Unpicklable
 from ._errors import WorkerCrashed as WorkerCrashed
 from ._failure import Failure as Failure
 from ._worker_state import worker_state as worker_state
+
+if TYPE_CHECKING:
+    from ._api import cpu as cpu
+    from ._api import io as io
+    from ._api import map as map
+    from ._api import thread as thread
+    from ._core.pipeline import Pipeline as Pipeline
+    from ._core.pipeline import Results as Results
+    from ._core.runner import StageStats as StageStats
+    from ._core.stage import Stage as Stage
 
 __version__ = "0.1.0"
 
@@ -50,3 +55,29 @@ __all__ = [
     "thread",
     "worker_state",
 ]
+
+# The engine is imported on first use, so that a worker process, which imports
+# spindle.executors, starts without loading the pipeline, rich or aiohttp.
+_LAZY = {
+    "cpu": "._api",
+    "io": "._api",
+    "map": "._api",
+    "thread": "._api",
+    "Pipeline": "._core.pipeline",
+    "Results": "._core.pipeline",
+    "StageStats": "._core.runner",
+    "Stage": "._core.stage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

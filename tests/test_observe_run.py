@@ -54,9 +54,11 @@ def test_latency_percentiles_reflect_known_job_durations() -> None:
     list(results)
     lat = results.snapshot()["stages"][0]["latency"]
     assert lat["count"] == 100
-    # A sleep never ends early: each percentile is at least the duration asked for.
-    assert 0.02 <= lat["p50"] < 0.2
-    assert lat["p99"] >= 0.2
+    # A sleep never ends early: each percentile is at least the duration asked for,
+    # less the histogram's stated precision (1/256 of the value).
+    low = 1 - 1 / 256
+    assert 0.02 * low <= lat["p50"] < 0.2 * low
+    assert lat["p99"] >= 0.2 * low
 
 
 def test_stats_json_from_the_command_line(tmp_path: Path) -> None:

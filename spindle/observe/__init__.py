@@ -31,7 +31,6 @@ from ._snapshot import SnapshotFn as SnapshotFn
 from ._snapshot import StageSnapshot as StageSnapshot
 from ._snapshot import WorkerSnapshot as WorkerSnapshot
 from ._snapshot import normalize as normalize
-from .display import LiveDisplay as LiveDisplay
 from .histogram import HistogramDict as HistogramDict
 from .histogram import HistogramError as HistogramError
 from .histogram import LatencyHistogram as LatencyHistogram
@@ -41,19 +40,20 @@ from .rates import StagePoint as StagePoint
 from .rates import Timeline as Timeline
 from .rates import TimelineDict as TimelineDict
 from .rates import TimelinePoint as TimelinePoint
-from .report import FailureGroup as FailureGroup
-from .report import Report as Report
-from .report import group_failures as group_failures
-from .report import render_text as render_text
-from .report import to_json as to_json
 
 if TYPE_CHECKING:
     from .dashboard import dashboard_app as dashboard_app
     from .dashboard import serve_dashboard as serve_dashboard
+    from .display import LiveDisplay as LiveDisplay
     from .plot import plot_timeline as plot_timeline
     from .prometheus import SnapshotCollector as SnapshotCollector
     from .prometheus import metrics_app as metrics_app
     from .prometheus import serve_metrics as serve_metrics
+    from .report import FailureGroup as FailureGroup
+    from .report import Report as Report
+    from .report import group_failures as group_failures
+    from .report import render_text as render_text
+    from .report import to_json as to_json
 
 __all__ = [
     "BindError",
@@ -89,7 +89,15 @@ __all__ = [
     "to_json",
 ]
 
+# Loaded on first use: the display and report need rich, the servers aiohttp and
+# prometheus_client, the plot matplotlib; the engine imports only the histogram.
 _LAZY = {
+    "LiveDisplay": "display",
+    "FailureGroup": "report",
+    "Report": "report",
+    "group_failures": "report",
+    "render_text": "report",
+    "to_json": "report",
     "dashboard_app": "dashboard",
     "serve_dashboard": "dashboard",
     "plot_timeline": "plot",
