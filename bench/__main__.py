@@ -136,6 +136,8 @@ def run_once(
         record["seconds"] = time.monotonic() - started
         record["status"] = "hung" if timed_out else f"crashed (exit {proc.returncode})"
         record["message"] = stderr[-1] if stderr else ""
+    if record["status"] != "ok" and stderr:
+        record["stderr"] = stderr[-60:]  # kept in latest.json: the traceback, or the stacks
     record["tree_mb"] = peak / 2**20 or None
     return record
 
@@ -162,8 +164,15 @@ def versions() -> dict[str, str]:
     return found
 
 
+def stop(signum: int, _frame: object) -> None:
+    """Leave through the ``finally`` of :func:`run_once`, which kills the running group."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # even when started in the background
+        signal.signal(signum, stop)
     loops = int(os.environ.get(work.LOOPS_ENV) or calibrate())
     work.LOOPS_PER_MS = loops  # the references computed here do the same work
     env = {**os.environ, work.LOOPS_ENV: str(loops)}

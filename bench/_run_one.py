@@ -5,12 +5,14 @@
 The line holds the wall-clock seconds (pool start-up and shut-down included),
 items/s, the count and checksum of the results, and the peak RSS of this process and
 of its largest finished child (``getrusage``). Past LIMIT seconds (default: the
-workload's full-size limit) the run reports ``"hung"`` with what it had and exits at
-once, leaving its workers for the caller to kill.
+workload's full-size limit) the run reports ``"hung"`` with what it had, writes the
+stack of every thread to stderr and exits at once, leaving its workers for the caller
+to kill.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import resource
@@ -68,6 +70,8 @@ def main(argv: list[str]) -> NoReturn:
 
     def report(status: str) -> NoReturn:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        if status == "hung":  # where it was stuck, for whoever reads stderr
+            faulthandler.dump_traceback(all_threads=True)
         record.setdefault("seconds", time.perf_counter() - start if start else 0.0)
         record["status"] = status
         if status == "ok" and record["seconds"] > 0:

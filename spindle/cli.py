@@ -15,6 +15,7 @@ from ._core.pipeline import Pipeline, Results
 from ._core.stage import KINDS, make_stage, parse_bytes
 from ._errors import SpindleError
 from ._failure import Failure
+from ._journaled import check_journal_options, open_map_journal, status_report
 from ._loading import load_function
 from ._records import RecordWriter, read_items
 from ._report import Observers, Summary
@@ -125,6 +126,30 @@ def main() -> None:
     envvar="SPINDLE_DASHBOARD_TOKEN",
     help="Token required on every dashboard/metrics request.",
 )
+@click.option(
+    "--journal",
+    metavar="PATH",
+    help="Record which items are done in this file; the same command run again resumes.",
+)
+@click.option(
+    "--key",
+    metavar="FIELD",
+    help="With --journal and --format jsonl: items are identified by this field "
+    "[a hash of the whole input].",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="With --journal: run the items that failed before again."
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --journal: discard the journal's items and its outputs, and start over.",
+)
+@click.option(
+    "--output-format",
+    type=click.Choice(["jsonl", "csv", "sqlite", "parquet"]),
+    help="With --journal: the format of OUTPUT [from its extension].",
+)
 def map_command(
     function: str,
     input_path: str,
@@ -146,6 +171,11 @@ def map_command(
     dashboard_port: int | None,
     dashboard_host: str,
     dashboard_token: str | None,
+    journal: str | None,
+    key: str | None,
+    retry_failed: bool,
+    force: bool,
+    output_format: str | None,
 ) -> None:
     """Apply MODULE:FUNC to every line of INPUT (a file, or - for stdin).
 
@@ -155,6 +185,9 @@ def map_command(
     lets jobs in flight finish for --grace seconds; a second one stops at once.
     """
     try:
+        check_journal_options(
+            journal, key=key, retry_failed=retry_failed, force=force, output_format=output_format
+        )
         fn = load_function(function)
         stage = make_stage(
             fn,
@@ -168,7 +201,21 @@ def map_command(
             max_memory_per_worker=parse_bytes(max_memory_per_worker),
         )
         source = read_items(input_path, fmt)
-        writer = RecordWriter(output)
+        if journal is None:
+            writer = RecordWriter(output)
+        else:
+            journaled = open_map_journal(
+                journal=journal,
+                output=output,
+                fn=fn,
+                spec=function,
+                input_path=input_path,
+                fmt=fmt,
+                key=key,
+                retry_failed=retry_failed,
+                force=force,
+                output_format=output_format,
+            )
     except SpindleError as exc:
         raise UsageProblem(str(exc)) from None
     pipeline = Pipeline([stage], ordered=ordered, on_error="yield")
@@ -183,10 +230,32 @@ def map_command(
         token=dashboard_token,
     )
     try:
-        code = _drive(pipeline, source, writer, view=view, total=source.total, grace=grace)
+        if journal is None:
+            code = _drive(pipeline, source, writer, view=view, total=source.total, grace=grace)
+        else:
+            code = journaled.run(
+                pipeline, source, view=view, total=source.total, grace=grace, signals=_Signals
+            )
     finally:
         source.close()
     sys.exit(code)
+
+
+@main.command("status")
+@click.argument("journal", metavar="JOURNAL")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON, for scripts.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="Also draw throughput over run time to this file (.png, .svg; needs matplotlib).",
+)
+def status_command(journal: str, as_json: bool, plot: str | None) -> None:
+    """Show what the journal of a `spindle map --journal` run records: items done,
+    failed and pending, elapsed time, throughput, and failures grouped by reason."""
+    try:
+        click.echo(status_report(journal, as_json=as_json, plot=plot))
+    except SpindleError as exc:
+        raise UsageProblem(str(exc)) from None
 
 
 class _Signals:

@@ -33,10 +33,11 @@ T = TypeVar("T")
 class _Waiter:
     """One sleeping party: a future on an event loop, or a lock a thread blocks on."""
 
-    __slots__ = ("_fut", "_lock", "_loop", "_thread_id")
+    __slots__ = ("_fut", "_lock", "_loop", "_thread_id", "queued")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self._loop = loop
+        self.queued = True  # still in its channel's waiter queue
         if loop is not None:
             self._fut: asyncio.Future[None] | None = loop.create_future()
             self._thread_id = threading.get_ident()
@@ -187,6 +188,8 @@ class Channel(Generic[T]):
             waiters = list(self._getters) + list(self._putters)
             self._getters.clear()
             self._putters.clear()
+            for w in waiters:
+                w.queued = False
         for w in waiters:
             w.wake()
 
@@ -240,7 +243,10 @@ class Channel(Generic[T]):
         return out
 
     def _after_take(self) -> None:
-        if self._putters:
+        # A waiting producer is woken only once the channel is half empty (a low-water
+        # mark): waking it for every chunk taken would make the two sides trade the
+        # GIL and a cross-thread wake-up per chunk instead of per half channel.
+        if self._putters and self.total_in - self.total_out <= self.capacity // 2:
             self._wake(self._putters)
         if self._chunks and self._getters:
             self._wake(self._getters)  # pass the turn on: more items than this getter took
@@ -325,14 +331,17 @@ class Channel(Generic[T]):
             return waiter
 
     def _unregister(self, queue: deque[_Waiter], waiter: _Waiter) -> None:
+        if not waiter.queued:  # the waker already took it out
+            return
         with self._lock:
-            try:
+            if waiter.queued:
+                waiter.queued = False
                 queue.remove(waiter)
-            except ValueError:
-                pass
 
     def _wake(self, queue: deque[_Waiter]) -> None:
         with self._lock:
             waiter = queue.popleft() if queue else None
+            if waiter is not None:
+                waiter.queued = False
         if waiter is not None:
             waiter.wake()
