@@ -111,6 +111,8 @@ class Channel(Generic[T]):
         self._error: BaseException | None = None
         self.total_in = 0
         self.total_out = 0
+        self._coalesce_loop: asyncio.AbstractEventLoop | None = None
+        self._wake_scheduled = False
 
     def __len__(self) -> int:
         return self.total_in - self.total_out
@@ -129,14 +131,30 @@ class Channel(Generic[T]):
         size = self.total_in - self.total_out
         return size + n <= self.capacity or size == 0
 
+    def _deferred_wake(self) -> None:
+        self._wake_scheduled = False
+        if self._getters:
+            self._wake(self._getters)
+
     def _has_room(self) -> bool:
         return self.total_in - self.total_out < self.capacity
+
+    def coalesce_wakeups(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Producers run on ``loop`` and the consumer is a thread: wake that thread at
+        most once per loop iteration, however many small chunks are put meanwhile
+        (a cross-thread wake-up costs more than moving many items)."""
+        self._coalesce_loop = loop
 
     def _push(self, items: list[T]) -> None:
         self._chunks.append(items)
         self.total_in += len(items)
         if self._getters:
-            self._wake(self._getters)
+            loop = self._coalesce_loop
+            if loop is None:
+                self._wake(self._getters)
+            elif not self._wake_scheduled:
+                self._wake_scheduled = True
+                loop.call_soon(self._deferred_wake)
         if self._putters and self._has_room():
             self._wake(self._putters)  # room is left for another waiting producer
 
@@ -144,13 +162,13 @@ class Channel(Generic[T]):
         """Add ``items``, waiting for room; raises :class:`ChannelClosed` if closed."""
         if not items:
             return
-        loop = asyncio.get_running_loop()
         while True:
             if self._closed:
                 raise ChannelClosed(self.name)
             if self._fits(len(items)):
                 self._push(items)
                 return
+            loop = asyncio.get_running_loop()
             waiter = self._register(self._putters, loop, lambda: self._fits(len(items)))
             if waiter is not None:
                 try:

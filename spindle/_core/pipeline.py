@@ -378,6 +378,7 @@ class _Execution:
             for ex in self.executors:
                 ex.prepare()  # forks happen here, before spindle starts any thread
             self.loop = new_event_loop()
+            self.out.coalesce_wakeups(self.loop)  # the caller's thread reads it
             self.loop_thread = threading.Thread(target=self._loop_main, name="spindle-loop")
             self.loop_thread.start()
             started = True
