@@ -136,3 +136,41 @@ def test_closing_releases_a_blocked_thread_producer() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Channel(0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("capacity", [1, 2, 7])
+def test_no_lost_wakeup_under_constant_thread_switches(capacity: int) -> None:
+    """A thread producer and a loop consumer racing on a tiny channel never stall.
+
+    Switching threads after almost every bytecode makes the window between
+    "look at the data" and "queue the waiter" as likely to be hit as it can be.
+    """
+    import sys
+
+    ch: Channel[int] = Channel(capacity)
+    n = 30_000
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+
+        def produce() -> None:
+            for i in range(n):
+                ch.wait_room_blocking() if len(ch) >= capacity else None
+                ch.put_blocking([i])
+            ch.close()
+
+        async def consume() -> int:
+            total = 0
+            async with asyncio.timeout(50):
+                while items := await ch.get(3):
+                    total += len(items)
+            return total
+
+        t = threading.Thread(target=produce)
+        t.start()
+        got = asyncio.run(consume())
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert got == n

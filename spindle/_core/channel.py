@@ -340,12 +340,23 @@ class Channel(Generic[T]):
     def _register(
         self, queue: deque[_Waiter], loop: asyncio.AbstractEventLoop | None, ready: Any
     ) -> _Waiter | None:
-        """Register a waiter, unless the condition became true meanwhile (then None)."""
+        """Register a waiter, unless the condition became true meanwhile (then None).
+
+        The waiter is queued *before* the condition is looked at again: the other
+        side changes the data first and looks for waiters second, without the lock,
+        so one of the two always sees the other (checking first and queueing second
+        would let a wake-up fall in between and be lost).
+        """
+        waiter = _Waiter(loop)
         with self._lock:
-            if self._closed or ready():
+            if self._closed:
                 return None
-            waiter = _Waiter(loop)
             queue.append(waiter)
+            if ready():
+                if waiter.queued:
+                    waiter.queued = False
+                    queue.remove(waiter)
+                return None
             return waiter
 
     def _unregister(self, queue: deque[_Waiter], waiter: _Waiter) -> None:
