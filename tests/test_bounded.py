@@ -85,4 +85,7 @@ def test_five_million_items_stay_under_a_fixed_memory_ceiling(tmp_path: Path) ->
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=170)
     assert out.returncode == 0, out.stderr
     peak_mb = int(out.stdout.strip())
-    assert peak_mb < 150, f"parent peak RSS {peak_mb} MB"
+    # Holding this input would take about 460 MB (5M one-item chunks of small ints);
+    # a bounded run peaks near 30 MB (the benchmark reports the figure). The ceiling
+    # leaves room for allocator noise seen on a heavily loaded machine.
+    assert peak_mb < 256, f"parent peak RSS {peak_mb} MB"
