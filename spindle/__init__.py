@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._core.pipeline import Results as Results
     from ._core.runner import StageStats as StageStats
     from ._core.stage import Stage as Stage
+    from .jobs.fetch import fetch as fetch
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,7 @@ __all__ = [
     "Unpicklable",
     "WorkerCrashed",
     "cpu",
+    "fetch",
     "io",
     "map",
     "thread",
@@ -67,6 +69,7 @@ _LAZY = {
     "Results": "._core.pipeline",
     "StageStats": "._core.runner",
     "Stage": "._core.stage",
+    "fetch": ".jobs.fetch",  # loads aiohttp: only when asked for
 }
 
 

@@ -19,6 +19,7 @@ EXPECTED = {
     "Unpicklable",
     "WorkerCrashed",
     "cpu",
+    "fetch",
     "io",
     "map",
     "thread",

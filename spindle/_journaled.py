@@ -1,0 +1,731 @@
+"""Journaled runs: a pipeline whose results go through the journal, so a rerun resumes.
+
+``spindle map ... --journal J`` and :func:`run_journaled` join three parts that know
+nothing of each other: the input, the pipeline, and the journal with its outputs::
+
+    input ──▶ claim (source thread) ──────────▶ pipeline ──▶ record (caller's thread)
+              │ key each item                                │ the item's key, by id(input)
+              │ journal.mark_started(256 keys)               │ Record.done / Record.failed
+              │ yield only the items claimed                 │ journal.record(256 records)
+              ▼                                              ▼
+           skipped: done, failed, duplicate          output + OUTPUT.failures.jsonl,
+           (never held in memory: one SQL            committed by the journal; flush()
+            lookup per chunk of keys)                and close() at the end or on a stop
+
+Where the work happens. The pipeline reads its source in its own thread, so the claiming
+generator (hashing keys, ``mark_started`` per chunk) runs there, off the event loop and
+off the caller's thread; results arrive in the caller's thread (``with_inputs=True``
+gives the input back), which records them in batches. Journal calls are blocking and
+thread-safe, and neither thread is an event loop.
+
+How a result finds its key. The source thread computes each key once and files it under
+``id(input)`` in a dict; the caller pops it when the result for that very input object
+comes back (the pipeline hands the input object itself back, it never copies it). The
+dict holds only the items in flight, so it is bounded like the pipeline. Two live inputs
+with the same ``id`` are the same object, hence the same value and the same key, and the
+journal lets only one of them run.
+
+Keys. By default a 16-byte BLAKE2b digest of the input: of the line for text input, of
+the canonical JSON (``orjson.dumps(value, option=OPT_SORT_KEYS)``) for JSON input. With
+``--key FIELD`` the key is that field of each JSON object (strings as they are, other
+values as their JSON text); an input without it fails with ``MissingKey`` and is
+recorded under its digest, which cannot collide with a field key (bytes, not text).
+
+What a crash or a stop leaves. Items claimed but not recorded are ``pending`` in the
+journal and run again on resume (at least once); the journal cuts the output back to its
+last commit, so each key is recorded once (see ``docs/journal.md``). On the first Ctrl-C
+or SIGTERM the run drains, then records what came back, flushes and closes the journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol
+
+import click
+import orjson
+
+from ._core.pipeline import Pipeline, Results, Service
+from ._errors import ConfigError, SpindleError
+from ._failure import Failure
+from ._records import Items
+from ._records import _default as json_default
+from ._report import Observers, Summary
+from .executors._batch import is_generator_fn
+from .journal import Journal, JournalCorrupt, JournalError, Key, Record, SqliteJournal
+from .journal import status_dict as journal_status_dict
+from .journal import status_text as journal_status_text
+from .journal._base import key_text
+from .observe.histogram import LatencyHistogram
+from .observe.rates import StagePoint, TimelinePoint
+from .outputs import FailuresOutput, OutputError, format_for, open_output
+from .outputs._base import check_parent
+
+__all__ = [
+    "CHUNK",
+    "RECORD_DELAY",
+    "JournaledMap",
+    "KeyFunction",
+    "MissingKey",
+    "RunOutcome",
+    "SignalsFactory",
+    "check_journal_options",
+    "field_key",
+    "journal_timeline",
+    "json_key",
+    "map_fingerprint",
+    "open_journal",
+    "open_map_journal",
+    "run_journaled",
+    "status_report",
+    "text_key",
+    "value_key",
+]
+
+#: Keys claimed per ``mark_started`` call, and records per ``record`` call.
+CHUNK = 256
+#: Seconds a finished result may wait in the caller's batch before it goes to the journal
+#: (checked as results arrive), so that slow jobs do not sit there for a whole batch.
+RECORD_DELAY = 0.2
+
+#: An item's key: the journal's identity of an input.
+KeyFunction = Callable[[Any], Key]
+
+_DIGEST = 16
+_SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+class MissingKey(SpindleError):
+    """An input has no usable key field (``--key FIELD``): that item fails."""
+
+
+# -- keys ---------------------------------------------------------------------------
+
+
+_blake2b = hashlib.blake2b
+
+
+def _digest(data: bytes) -> bytes:
+    return _blake2b(data, digest_size=_DIGEST).digest()
+
+
+def text_key(line: str) -> bytes:
+    """The default key of a text line: a digest of the line itself."""
+    return _blake2b(line.encode("utf-8", "surrogatepass"), digest_size=_DIGEST).digest()
+
+
+def json_key(value: Any) -> bytes:
+    """The default key of a JSON value: a digest of its canonical JSON (sorted keys)."""
+    return _digest(orjson.dumps(value, default=json_default, option=_SORTED))
+
+
+def value_key(value: Any) -> bytes:
+    """The default key of any item: text as a line, anything else as canonical JSON.
+
+    A value that cannot be written as JSON falls back to a digest of its ``repr``.
+    """
+    if type(value) is str:
+        return text_key(value)
+    try:
+        return json_key(value)
+    except TypeError:
+        return _digest(repr(value).encode("utf-8", "surrogatepass"))
+
+
+def field_key(field: str) -> KeyFunction:
+    """The key function of ``--key FIELD``: that field of a JSON object.
+
+    Strings are keys as they are; other values are their canonical JSON text (so ``5``
+    and ``"5"`` are the same key). A missing or null field raises :class:`MissingKey`.
+    """
+
+    def key(value: Any) -> Key:
+        if not isinstance(value, dict):
+            raise MissingKey(
+                f"--key {field}: the input is a JSON {_json_type(value)}, not an object with "
+                f"a field {field!r}"
+            )
+        found = value.get(field)
+        if found is None:
+            what = "is null" if field in value else "is missing"
+            raise MissingKey(
+                f"--key {field}: the field {field!r} {what} in this input; every input "
+                "needs it (or run without --key to key inputs by their content)"
+            )
+        if type(found) is str:
+            return found
+        return orjson.dumps(found, default=json_default, option=_SORTED).decode()
+
+    return key
+
+
+def _json_type(value: Any) -> str:
+    names = {str: "string", bool: "boolean", int: "number", float: "number", list: "array"}
+    return names.get(type(value), type(value).__name__)
+
+
+# -- opening ------------------------------------------------------------------------
+
+
+def check_journal_options(
+    journal: str | None,
+    *,
+    key: str | None = None,
+    retry_failed: bool = False,
+    force: bool = False,
+    output_format: str | None = None,
+) -> None:
+    """The journal's options make sense only with ``--journal``."""
+    if journal is not None:
+        return
+    given = [
+        name
+        for name, used in (
+            ("--key", key is not None),
+            ("--retry-failed", retry_failed),
+            ("--force", force),
+            ("--output-format", output_format is not None),
+        )
+        if used
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to a "
+            "journaled run: add --journal PATH "
+            "(a file that records which items are done, so that rerunning the command resumes)"
+        )
+
+
+def open_journal(
+    journal: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    fingerprint: str,
+    *,
+    output_format: str | None = None,
+    retry_failed: bool = False,
+    force: bool = False,
+    fsync: bool = True,
+    commit_interval: float = 1.0,
+) -> SqliteJournal:
+    """Open (or create) the journal with its output and failures file; resume from them.
+
+    The output's format comes from ``output_format`` or from the extension of ``output``
+    (``.jsonl``, ``.csv``, ``.sqlite``/``.db``, ``.parquet``); failures go to
+    ``OUTPUT.failures.jsonl``. Raises a :class:`~spindle.SpindleError` saying what to do
+    when the journal belongs to another command, is damaged, is in use, or a path cannot
+    be written.
+    """
+    if os.fspath(output) == "-":
+        raise ConfigError(
+            "a journaled run needs an output file, not -: a resumed run cuts the output "
+            "back to its last commit, which standard output cannot do"
+        )
+    journal_path = Path(journal).absolute()
+    output_path = Path(output).absolute()
+    failures_path = output_path.with_name(output_path.name + ".failures.jsonl")
+    if journal_path in (output_path, failures_path):
+        raise ConfigError(f"the journal {journal_path} cannot also be the output")
+    if journal_path.is_dir():
+        raise ConfigError(
+            f"the journal {journal_path} is a directory; give a file path, such as "
+            f"{journal_path / 'journal.db'}"
+        )
+    fmt = format_for(output_path, output_format)
+    if not journal_path.exists():
+        # Before the journal file is created: a run that cannot write its output should
+        # not leave a journal behind that names this command.
+        check_parent(output_path)
+        if not os.access(output_path.parent, os.W_OK):
+            raise OutputError(
+                f"cannot create output {output_path}: the directory {output_path.parent} "
+                "is not writable"
+            )
+    options: dict[str, Any] = {"fsync": fsync}
+    if fmt == "jsonl":
+        options["default"] = json_default  # sets, bytes and dataclasses, as without a journal
+    results = open_output(output_path, fmt, **options)
+    failures = FailuresOutput(failures_path, fsync=fsync)
+    return SqliteJournal(
+        journal_path,
+        fingerprint,
+        output=results,
+        failures=failures,
+        force=force,
+        retry_failed=retry_failed,
+        commit_interval=commit_interval,
+    )
+
+
+def _refuse_flat(pipeline: Pipeline) -> None:
+    flat = [s.name for s in pipeline.stages if s.flat]
+    if flat:
+        raise ConfigError(
+            f"a journaled run records one result per input, but {', '.join(map(repr, flat))} "
+            "is a generator function (several results per input): return a list instead"
+        )
+
+
+# -- running ------------------------------------------------------------------------
+
+
+class _SignalGuard(Protocol):
+    """What the command line's signal handling offers (``cli._Signals``)."""
+
+    received: int | None
+
+    def __enter__(self) -> object: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+SignalsFactory = Callable[[Results, float], _SignalGuard]
+
+
+@dataclass
+class RunOutcome:
+    """What one journaled run did.
+
+    Attributes:
+        done: results recorded by this run.
+        failed: failures recorded by this run.
+        skipped_done: inputs skipped because the journal had them (done, or failed
+            without ``retry_failed``).
+        skipped_duplicate: inputs skipped because their key came earlier in the input.
+        not_started: inputs claimed but dropped unstarted by a stop (they stay pending).
+        interrupted: a signal or ``KeyboardInterrupt`` stopped the run.
+        signal: the first signal received, if any.
+        error: the error that stopped the run (a write error, a broken journal), if any.
+    """
+
+    done: int = 0
+    failed: int = 0
+    skipped_done: int = 0
+    skipped_duplicate: int = 0
+    not_started: int = 0
+    interrupted: bool = False
+    signal: int | None = None
+    error: SpindleError | None = None
+
+
+class _Claimer:
+    """The source side: keys each input and claims it in the journal, chunk by chunk.
+
+    ``fallback`` keys the inputs ``key`` fails on (they fail, and are recorded under it);
+    an input the reader could not parse (a ``Failure`` in the stream) is keyed by a
+    digest of its text, which never equals the digest of a parsed value's canonical JSON.
+    """
+
+    def __init__(
+        self, journal: Journal, key: KeyFunction, fallback: KeyFunction, chunk: int = CHUNK
+    ) -> None:
+        self.journal = journal
+        self.key = key
+        self.fallback = fallback
+        self.chunk = chunk
+        #: id(input) -> key, for the items in flight (filled here, emptied by the caller).
+        self.keys: dict[int, Key] = {}
+
+    def claimed(self, items: Iterable[Any]) -> Iterator[Any]:
+        """The items to run: read, keyed, claimed; done ones and duplicates left out."""
+        it = iter(items)
+        key, keys = self.key, self.keys
+        mark_started = self.journal.mark_started
+        while batch := list(islice(it, self.chunk)):
+            tags = batch
+            try:  # the usual case: every input parsed and keyed, in one pass
+                if Failure in map(type, batch):
+                    raise _SlowPath
+                batch_keys: list[Key] = list(map(key, batch))
+            except Exception:
+                batch_keys, tags = self._keys_one_by_one(batch)
+            run = mark_started(batch_keys)
+            for x, tag, k, go in zip(batch, tags, batch_keys, run, strict=True):
+                if go:
+                    keys[id(tag)] = k
+                    yield x
+
+    def _keys_one_by_one(self, batch: list[Any]) -> tuple[list[Key], list[Any]]:
+        """Keys of a batch that holds malformed inputs or inputs the key function fails
+        on; those become failures (replaced in ``batch``). Returns the keys and tags."""
+        key, fallback = self.key, self.fallback
+        batch_keys: list[Key] = []
+        tags: list[Any] = []
+        for i, x in enumerate(batch):
+            if type(x) is Failure:  # a malformed line: recorded as a failure
+                tags.append(x.item)
+                batch_keys.append(value_key(x.item))
+                continue
+            tags.append(x)
+            try:
+                batch_keys.append(key(x))
+            except Exception as exc:
+                batch_keys.append(fallback(x))
+                batch[i] = Failure(x, type(exc).__name__, str(exc), "", 0, "input")
+        return batch_keys, tags
+
+
+class _SlowPath(Exception):
+    """A batch needs keying one input at a time (see :meth:`_Claimer.claimed`)."""
+
+
+def _record_results(
+    results: Results, journal: Journal, keys: dict[int, Key], outcome: RunOutcome, batch: int
+) -> None:
+    """The caller's side: record each ``(input, result)`` under its key, in batches of
+    ``batch``, or sooner when results come slowly (:data:`RECORD_DELAY`)."""
+    pop = keys.pop
+    record = journal.record
+    clock = time.monotonic
+    pending: list[Record] = []
+    append = pending.append
+    done = failed = 0
+    due = clock() + RECORD_DELAY
+    try:
+        for item, value in results:
+            key = pop(id(item))
+            if type(value) is Failure:
+                payload = value.to_dict()
+                payload["input"] = item
+                payload["key"] = key_text(key)
+                append(Record(key, "failed", value.attempts, value.error, value.message, payload))
+                failed += 1
+            else:
+                append(Record(key, "done", 1, None, None, {"input": item, "result": value}))
+                done += 1
+            if len(pending) >= batch or clock() >= due:
+                chunk, pending = pending, []
+                append = pending.append
+                record(chunk)
+                due = clock() + RECORD_DELAY
+    finally:
+        outcome.done += done
+        outcome.failed += failed
+        if pending:  # what came back before a stop, an error or a second Ctrl-C
+            with contextlib.suppress(SpindleError):  # a broken journal keeps its last commit
+                record(pending)
+
+
+def _drive(
+    pipeline: Pipeline,
+    items: Iterable[Any],
+    journal: Journal,
+    key: KeyFunction,
+    *,
+    fallback: KeyFunction,
+    total: int | None,
+    services: list[Service],
+    signals: SignalsFactory | None,
+    grace: float,
+    batch: int,
+) -> tuple[RunOutcome, Results]:
+    """Run the pipeline over the claimed items and record every result; close the journal.
+
+    Returns the outcome and the (finished) results, whose snapshot the caller may show.
+    A ``SpindleError`` that stops the run is kept in ``outcome.error``.
+    """
+    claimer = _Claimer(journal, key, fallback, batch)
+    outcome = RunOutcome()
+    results = pipeline.run(claimer.claimed(items), with_inputs=True, total=total, services=services)
+    guard = signals(results, grace) if signals is not None else None
+    try:
+        try:
+            with guard if guard is not None else contextlib.nullcontext():
+                _record_results(results, journal, claimer.keys, outcome, batch)
+        except KeyboardInterrupt:
+            if signals is None:
+                raise
+            outcome.interrupted = True
+        except SpindleError as exc:
+            outcome.error = exc
+        finally:
+            results.close()  # stops the workers and joins the source thread
+            if guard is not None and guard.received is not None:
+                outcome.interrupted = True
+                outcome.signal = guard.received
+    finally:
+        try:
+            journal.close()  # commits what is recorded; keys still claimed stay pending
+        except SpindleError as exc:
+            if outcome.error is None:
+                outcome.error = exc
+    stats = journal.stats()
+    outcome.skipped_done = stats.skipped_done
+    outcome.skipped_duplicate = stats.skipped_duplicate
+    outcome.not_started = results.not_started
+    return outcome, results
+
+
+def run_journaled(
+    pipeline: Pipeline,
+    items: Iterable[Any],
+    *,
+    output: str | os.PathLike[str],
+    journal: str | os.PathLike[str],
+    key: KeyFunction | str | None = None,
+    fingerprint: str | None = None,
+    output_format: str | None = None,
+    retry_failed: bool = False,
+    force: bool = False,
+    fsync: bool = True,
+    commit_interval: float = 1.0,
+    batch: int = CHUNK,
+) -> RunOutcome:
+    """Run ``pipeline`` over ``items`` with a journal: rerunning the same call resumes.
+
+    Each result is written to ``output`` as ``{"input": item, "result": result}`` and each
+    failure to ``OUTPUT.failures.jsonl``; inputs whose key the journal has as done are
+    skipped, and an input repeated in ``items`` runs once. ``key`` is a function of the
+    item, or the name of a field of dict items; by default a digest of the item (see
+    :func:`value_key`). ``fingerprint`` names what is being run: a journal made under
+    another fingerprint is refused (:class:`~spindle.journal.JournalMismatch`) unless
+    ``force``. It defaults to the pipeline's stages; add the input's identity (a path)
+    so that a journal is never resumed over other input.
+
+    Raises the errors of :func:`open_journal` before anything runs, and a
+    ``SpindleError`` that stops the run (a write error) after the journal is closed.
+    """
+    _refuse_flat(pipeline)
+    key_fn: KeyFunction = field_key(key) if isinstance(key, str) else (key or value_key)
+    if fingerprint is None:
+        fingerprint = "pipeline " + " -> ".join(f"{s.name}({s.kind})" for s in pipeline.stages)
+    opened = open_journal(
+        journal,
+        output,
+        fingerprint,
+        output_format=output_format,
+        retry_failed=retry_failed,
+        force=force,
+        fsync=fsync,
+        commit_interval=commit_interval,
+    )
+    outcome, _ = _drive(
+        pipeline,
+        items,
+        opened,
+        key_fn,
+        fallback=value_key,
+        total=None,
+        services=[],
+        signals=None,
+        grace=0.0,
+        batch=batch,
+    )
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome
+
+
+# -- the command line ---------------------------------------------------------------
+
+
+def map_fingerprint(
+    fn: Callable[..., Any], spec: str, input_path: str, fmt: str, key: str | None
+) -> str:
+    """What ``spindle map`` identifies a journal by: function, input, input format, key."""
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None)
+    function = f"{module}:{name}" if module and name else spec
+    source = "-" if input_path == "-" else str(Path(input_path).absolute())
+    text = f"map {function} {source} --format {fmt}"
+    return text + (f" --key {key}" if key is not None else "")
+
+
+class JournaledMap:
+    """``spindle map ... --journal``: an open journal and how to key the input."""
+
+    def __init__(self, journal: SqliteJournal, key: KeyFunction, fallback: KeyFunction) -> None:
+        self.journal = journal
+        self.key = key
+        self.fallback = fallback
+
+    def run(
+        self,
+        pipeline: Pipeline,
+        source: Items,
+        *,
+        view: Observers,
+        total: int | None,
+        grace: float,
+        signals: SignalsFactory,
+    ) -> int:
+        """Run, record, report; return the exit status (0, 1, 2, 130 or 143)."""
+        summary = Summary(time.monotonic())
+        if total is not None:  # the progress bar counts what is left to run
+            before = self.journal.summary()
+            total = max(
+                total - before.done - (0 if self.journal.retry_failed else before.failed), 0
+            )
+        outcome, results = _drive(
+            pipeline,
+            source,
+            self.journal,
+            self.key,
+            fallback=self.fallback,
+            total=total,
+            services=view.services(),
+            signals=signals,
+            grace=grace,
+            batch=CHUNK,
+        )
+        summary.done = outcome.done + outcome.failed
+        summary.failed = outcome.failed
+        summary.not_started = outcome.not_started
+        view.finish(results.snapshot())
+        if outcome.error is not None:
+            _echo_err(f"spindle: {outcome.error}")
+            return 2
+        _echo_err(summary.line(interrupted=outcome.interrupted))
+        after = self.journal.summary()
+        _echo_err(
+            f"spindle: journal {self.journal.path}: {after.done:,} done, {after.failed:,} "
+            f"failed, {after.pending:,} pending in all; this run skipped "
+            f"{outcome.skipped_done:,} already recorded and {outcome.skipped_duplicate:,} "
+            "duplicates"
+        )
+        if outcome.interrupted:
+            return 143 if outcome.signal == signal.SIGTERM else 130
+        return 1 if after.failed else 0
+
+
+def open_map_journal(
+    *,
+    journal: str,
+    output: str,
+    fn: Callable[..., Any],
+    spec: str,
+    input_path: str,
+    fmt: str,
+    key: str | None,
+    retry_failed: bool,
+    force: bool,
+    output_format: str | None,
+) -> JournaledMap:
+    """Open the journal of a ``spindle map`` command: raises ``SpindleError`` on any
+    problem with its paths or options (the command exits with status 2)."""
+    if is_generator_fn(fn) or inspect.isasyncgenfunction(fn):
+        raise ConfigError(
+            f"{spec} is a generator function (several results per input), but a journaled "
+            "run records one result per input: return a list instead"
+        )
+    if key is not None and fmt != "jsonl":
+        raise ConfigError(
+            f"--key {key} takes a field of each JSON object: add --format jsonl "
+            "(text lines are keyed by their content)"
+        )
+    fallback: KeyFunction = json_key if fmt == "jsonl" else text_key
+    key_fn = field_key(key) if key is not None else fallback
+    opened = open_journal(
+        journal,
+        output,
+        map_fingerprint(fn, spec, input_path, fmt, key),
+        output_format=output_format,
+        retry_failed=retry_failed,
+        force=force,
+    )
+    return JournaledMap(opened, key_fn, fallback)
+
+
+def _echo_err(text: str) -> None:
+    click.echo(text, err=True)
+
+
+# -- status -------------------------------------------------------------------------
+
+
+def status_report(path: str, *, as_json: bool = False, plot: str | None = None) -> str:
+    """The text ``spindle status`` prints; with ``plot``, also draws the run to that file."""
+    text = (
+        orjson.dumps(journal_status_dict(path), option=orjson.OPT_INDENT_2).decode()
+        if as_json
+        else journal_status_text(path)
+    )
+    if plot is not None:
+        from .observe.plot import plot_timeline
+
+        timeline = journal_timeline(path)
+        try:
+            plot_timeline(timeline, plot, title=f"spindle journal {Path(path).name}")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the plot {plot!r}: {exc.strerror or exc}") from exc
+        if not as_json:
+            text += f"\nplot      {Path(plot).absolute()}"
+    return text
+
+
+def journal_timeline(path: str | os.PathLike[str], points: int = 120) -> list[TimelinePoint]:
+    """Throughput over run time from the journal's item timestamps, for ``--plot``.
+
+    The x axis is seconds of run time, the runs laid end to end (the time between a crash
+    and the resume is left out). The journal keeps when each item was claimed and when it
+    was recorded, not how long its job ran, so the "latency" percentiles are the time
+    from claim to record: the job plus the time it waited in the pipeline's buffers.
+    """
+    journal = Path(path).absolute()
+    if not journal.is_file():
+        raise JournalError(f"no journal at {journal}")
+    try:
+        conn = sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot open journal {journal}: {exc}") from exc
+    try:
+        runs = conn.execute(
+            "SELECT id, started, coalesce(ended, last_commit, started) FROM runs ORDER BY id"
+        ).fetchall()
+        offsets: dict[int, float] = {}
+        elapsed = 0.0
+        for rid, started, ended in runs:
+            offsets[rid] = elapsed - started
+            elapsed += max(ended - started, 0.0)
+        width = max(elapsed / points, 1e-3)
+        n = int(elapsed / width) + 1
+        done = [0] * n
+        failed = [0] * n
+        hists = [LatencyHistogram() for _ in range(n)]
+        rows = conn.execute(
+            "SELECT run, state, finished, finished - started FROM items WHERE state != 'pending'"
+        )
+        while chunk := rows.fetchmany(4096):
+            for run, state, finished, latency in chunk:
+                offset = offsets.get(run)
+                if offset is None or finished is None:
+                    continue
+                b = min(max(int((finished + offset) / width), 0), n - 1)
+                if state == "done":
+                    done[b] += 1
+                else:
+                    failed[b] += 1
+                if latency is not None:
+                    hists[b].record(max(latency, 0.0))
+    except sqlite3.DatabaseError as exc:
+        raise JournalCorrupt(f"{journal} is not a readable spindle journal: {exc}") from exc
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+    timeline: list[TimelinePoint] = []
+    total_done = total_failed = 0
+    for b in range(n):
+        total_done += done[b]
+        total_failed += failed[b]
+        p50, p95, p99 = hists[b].percentiles((50.0, 95.0, 99.0))
+        stage: StagePoint = {
+            "done": total_done,
+            "failed": total_failed,
+            "rate": (done[b] + failed[b]) / width,
+            "p50": p50,
+            "p95": p95,
+            "p99": p99,
+            "in_flight": 0,
+            "queued": 0,
+        }
+        timeline.append({"t": (b + 1) * width, "stages": {"recorded": stage}})
+    return timeline

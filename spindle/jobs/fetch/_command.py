@@ -1,0 +1,313 @@
+"""``spindle fetch``: every URL of a file fetched politely on every core, one JSON line each.
+
+::
+
+    URLS ─▶ lines ─▶ fetch stage ─────▶ [parse stage] ─▶ OUTPUT
+     (blank, # skipped)  workers routed     cpu workers      │
+                         by host:port       (--parse)        └─▶ OUTPUT.failures.jsonl
+
+Without ``--parse`` each output line is the fetch record (``url``, ``final_url``,
+``status``, ``headers``, ``elapsed``, ``attempts``, and ``text`` or ``body_base64``,
+or with ``--save-dir`` the file's ``path``, ``size`` and ``sha256``). With
+``--parse`` the fetch workers hand the metadata and a :class:`Response` to a second
+cpu stage, which calls the user's function there and puts its return value in the
+record's ``result`` in place of the body; a generator's values become a list, so a
+URL is always one line. Every URL ends as exactly one record or one failure; a
+failed fetch's failure record carries the bare reason as its ``message``.
+
+Bodies can be large, so the parse stage takes small fixed batches and a buffer
+sized from ``--concurrency``, and so is the output buffer: the bodies held at
+once are a small multiple of ``--concurrency`` (each at most ``--max-bytes``),
+whatever the number of URLs.
+
+The engine pieces (the run loop with its signals and exit statuses, the record
+writer, the input reader) come from :mod:`spindle.cli` and :mod:`spindle._records`;
+``spindle.cli`` is imported when the command runs, since it imports this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+import orjson
+
+from spindle._core.pipeline import Pipeline
+from spindle._core.stage import Stage, make_stage, parse_bytes
+from spindle._errors import ConfigError, SpindleError
+from spindle._failure import Failure, short_repr
+from spindle._loading import load_function
+from spindle._records import _OPTS, Items, RecordWriter, _default, read_items
+from spindle._report import Observers
+
+from ._errors import FetchFailed
+from ._limits import raise_nofile_limit
+from ._options import DEFAULT_USER_AGENT, FetchOptions
+from ._response import Response
+from ._stage import fetch_record, fetch_result, fetch_stage
+
+#: Responses per batch sent to a parse worker: bodies can be megabytes each.
+PARSE_BATCH = 16
+_DEFAULTS = FetchOptions()
+
+
+@click.command("fetch")
+@click.argument("urls_path", metavar="URLS")
+@click.option("-o", "--output", required=True, help="Output file (JSON lines), or - for stdout.")
+@click.option(
+    "--parse",
+    "parse_spec",
+    metavar="MODULE:FUNC",
+    help="Call FUNC(response) in worker processes; its return value is the record's result.",
+)
+@click.option(
+    "--save-dir",
+    type=click.Path(file_okay=False),
+    help="Save bodies as files in this directory; records get path, size and sha256.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Requests in flight at once, in all.",
+)
+@click.option(
+    "--per-host",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Requests in flight at once to one host:port (halved after 429/503).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Requests per second to one host:port [no limit beyond robots.txt].",
+)
+@click.option(
+    "--robots",
+    type=click.Choice(["obey", "ignore"]),
+    default="obey",
+    show_default=True,
+    help="Obey robots.txt (Disallow, Crawl-delay) or ignore it.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Retries after a connection error, a timeout, 429, 500, 502, 503 or 504.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds one request may take, from connect to the last byte.",
+)
+@click.option(
+    "--max-bytes",
+    metavar="SIZE",
+    default="10MB",
+    show_default=True,
+    help="Largest body accepted, e.g. 500KB; a larger one fails its URL.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Processes that fetch (and that parse) [cores]; a host stays on one process.",
+)
+@click.option(
+    "--user-agent", default=DEFAULT_USER_AGENT, help="User-Agent header, for robots.txt too."
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds requests in flight get to finish after Ctrl-C or SIGTERM.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress display and no final report.")
+def fetch_command(
+    urls_path: str,
+    output: str,
+    parse_spec: str | None,
+    save_dir: str | None,
+    concurrency: int,
+    per_host: int,
+    rate: float | None,
+    robots: str,
+    retries: int,
+    timeout: float,
+    max_bytes: str,
+    workers: int | None,
+    user_agent: str,
+    grace: float,
+    quiet: bool,
+) -> None:
+    """Fetch every URL listed in URLS (a file, or - for stdin), one per line.
+
+    Blank lines and lines starting with # are skipped. Each URL gives one JSON line
+    in OUTPUT; a URL that cannot be fetched (invalid, refused, timed out after its
+    retries, too large, disallowed by robots.txt) goes to OUTPUT.failures.jsonl with
+    the reason and makes the exit status 1. Any HTTP answer, 404 included, is a
+    record: check its status. The first Ctrl-C (or SIGTERM) stops taking new URLs
+    and lets requests in flight finish for --grace seconds; a second one stops at
+    once.
+    """
+    from spindle import cli  # here, not at the top: spindle.cli imports this module
+
+    raise_nofile_limit()  # before workers start, so that they inherit it
+    try:
+        options = FetchOptions(
+            concurrency=concurrency,
+            per_host=per_host,
+            rate=rate,
+            robots=robots == "obey",
+            user_agent=user_agent,
+            retries=retries,
+            connect_timeout=min(_DEFAULTS.connect_timeout, timeout),
+            read_timeout=min(_DEFAULTS.read_timeout, timeout),
+            total_timeout=timeout,
+            max_bytes=_size(max_bytes),
+            save_dir=_save_dir(save_dir),
+        )
+        stages = _stages(options, workers, parse_spec)
+        items = read_items(urls_path, "text")
+        writer = FetchWriter(output)
+    except SpindleError as exc:
+        raise cli.UsageProblem(str(exc)) from None
+    pipeline = Pipeline(stages, ordered=False, on_error="yield", buffer=max(64, 2 * concurrency))
+    if not quiet and sys.stderr.isatty():
+        items.count_lines()
+    try:
+        code = cli._drive(
+            pipeline,
+            urls(items),
+            writer,
+            view=Observers(quiet=quiet),
+            total=items.total,
+            grace=grace,
+        )
+    finally:
+        items.close()
+    sys.exit(code)
+
+
+def _size(text: str) -> int:
+    size = parse_bytes(text)
+    assert size is not None
+    return size
+
+
+def _save_dir(path: str | None) -> str | None:
+    """Create the directory now, so that a bad one is a usage error, not N failures."""
+    if path is None:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create --save-dir {path!r}: {exc.strerror or exc}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to --save-dir {path!r}: permission denied")
+    return path
+
+
+def _stages(options: FetchOptions, workers: int | None, parse_spec: str | None) -> list[Stage]:
+    if parse_spec is None:
+        return [fetch_stage(options, workers=workers, job=fetch_record, name="fetch")]
+    fn = load_function(parse_spec)
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise ConfigError(
+            f"--parse {parse_spec}: the function is 'async def'; a parse function is a "
+            "plain function (def) that takes a Response, run in worker processes"
+        )
+    parse = make_stage(
+        ParseRecord(fn),
+        "cpu",
+        workers=workers,
+        name=getattr(fn, "__name__", "parse"),
+        batch_size=PARSE_BATCH,
+        buffer=max(64, options.concurrency),
+    )
+    return [fetch_stage(options, workers=workers, job=fetch_for_parse, name="fetch"), parse]
+
+
+def urls(items: Items) -> Iterator[Any]:
+    """The URLs of the input, stripped; blank lines and ``#`` comments skipped.
+    A line that could not be read (not UTF-8) passes on as its Failure."""
+    for line in items:
+        if type(line) is Failure:
+            yield line
+            continue
+        url = line.strip().lstrip("\ufeff")
+        if url and not url.startswith("#"):
+            yield url
+
+
+async def fetch_for_parse(url: str) -> tuple[dict[str, Any], Response]:
+    """The fetch job with ``--parse``: the record without its body, and the Response."""
+    result = await fetch_result(url)
+    meta: dict[str, Any] = {
+        "url": result.url,
+        "final_url": result.final_url,
+        "status": result.status,
+        "headers": result.headers,
+        "elapsed": result.elapsed,
+        "attempts": result.attempts,
+    }
+    if result.saved:
+        meta.update(path=result.path, size=result.size, sha256=result.sha256)
+    return meta, result.response()
+
+
+class ParseRecord:
+    """Runs in a parse worker: the user's function on the Response, into the record."""
+
+    def __init__(self, fn: Callable[[Response], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, fetched: tuple[dict[str, Any], Response]) -> dict[str, Any]:
+        meta, response = fetched
+        value = self.fn(response)
+        if inspect.isgenerator(value):
+            value = list(value)  # one line per URL: a generator's values stay together
+        return {**meta, "result": value}
+
+
+class FetchWriter(RecordWriter):
+    """Writes each record as it is (it names its URL) and failures with their reason."""
+
+    def result(self, item: Any, value: Any) -> None:
+        try:
+            data = orjson.dumps(value, default=_default, option=_OPTS)
+        except TypeError as exc:
+            msg = (
+                f"the record for {short_repr(item)} cannot be written as JSON ({exc}); the "
+                "parse function must return str, numbers, lists, dicts or dataclasses"
+            )
+            self.failure(Failure(item, "Unserializable", msg, "", 1, "output"), item)
+            return
+        self._write(self._out, data, self.path)
+        self.written += 1
+
+    def failure(self, failure: Failure, item: Any) -> None:
+        super().failure(_with_reason(failure, item), item)
+
+
+def _with_reason(failure: Failure, item: Any) -> Failure:
+    """A failed fetch's message is ``"URL: reason"``; the record names the URL already."""
+    if failure.error != "FetchFailed":
+        return failure
+    exc = failure.exception
+    if isinstance(exc, FetchFailed):
+        return dataclasses.replace(failure, message=exc.reason)
+    prefix = f"{item}: "
+    if failure.message.startswith(prefix):
+        return dataclasses.replace(failure, message=failure.message[len(prefix) :])
+    return failure
