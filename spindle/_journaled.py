@@ -62,10 +62,11 @@ from ._records import Items
 from ._records import _default as json_default
 from ._report import Observers, Summary
 from .executors._batch import is_generator_fn
-from .journal import Journal, JournalCorrupt, JournalError, Key, Record, SqliteJournal
+from .journal import Journal, JournalCorrupt, Key, Record, SqliteJournal
 from .journal import status_dict as journal_status_dict
 from .journal import status_text as journal_status_text
 from .journal._base import key_text
+from .journal._status import open_read_only
 from .observe.histogram import LatencyHistogram
 from .observe.rates import StagePoint, TimelinePoint
 from .outputs import FailuresOutput, OutputError, format_for, open_output
@@ -670,13 +671,7 @@ def journal_timeline(path: str | os.PathLike[str], points: int = 120) -> list[Ti
     was recorded, not how long its job ran, so the "latency" percentiles are the time
     from claim to record: the job plus the time it waited in the pipeline's buffers.
     """
-    journal = Path(path).absolute()
-    if not journal.is_file():
-        raise JournalError(f"no journal at {journal}")
-    try:
-        conn = sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True, timeout=5.0)
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot open journal {journal}: {exc}") from exc
+    journal, conn = open_read_only(path)
     try:
         runs = conn.execute(
             "SELECT id, started, coalesce(ended, last_commit, started) FROM runs ORDER BY id"

@@ -177,8 +177,9 @@ def collect_status(
     )
 
 
-def read_status(path: str | os.PathLike[str]) -> JournalStatus:
-    """Open the journal at ``path`` read-only and collect its status."""
+def open_read_only(path: str | os.PathLike[str]) -> tuple[Path, sqlite3.Connection]:
+    """The journal's absolute path and a read-only connection to it (for status and
+    plots, which must never change a journal, even one a run is writing)."""
     journal = Path(path).absolute()
     if not journal.is_file():
         raise JournalError(f"no journal at {journal}")
@@ -186,6 +187,12 @@ def read_status(path: str | os.PathLike[str]) -> JournalStatus:
         conn = sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True, timeout=5.0)
     except sqlite3.Error as exc:
         raise JournalError(f"cannot open journal {journal}: {exc}") from exc
+    return journal, conn
+
+
+def read_status(path: str | os.PathLike[str]) -> JournalStatus:
+    """Open the journal at ``path`` read-only and collect its status."""
+    journal, conn = open_read_only(path)
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         if not {"meta", "totals", "runs", "items", "outputs"} <= tables:

@@ -139,18 +139,7 @@ class LatencyHistogram:
 
     def record(self, seconds: float) -> None:
         """Count one latency, in seconds."""
-        if not 0.0 <= seconds < math.inf:
-            raise HistogramError(f"a latency must be a finite number >= 0, not {seconds!r}")
-        self._count += 1
-        self._sum += seconds
-        if seconds < self._min:
-            self._min = seconds
-        if seconds > self._max:
-            self._max = seconds
-        clamped = LOWEST if seconds < LOWEST else HIGHEST if seconds > HIGHEST else seconds
-        code = _unpack_u32(_pack_f32(clamped))[0] >> 16
-        counts = self._counts
-        counts[code] = counts.get(code, 0) + 1
+        self.record_n(seconds, 1)
 
     def record_n(self, seconds: float, n: int) -> None:
         """Count ``n`` latencies of ``seconds`` each in O(1).
