@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 
 import psutil
 import pytest
+from _support import open_fds
 
 
 def _open_sockets() -> set[str]:
-    """Inodes of this process's open sockets and pidfds (as /proc shows them)."""
-    found = set()
-    fd_dir = "/proc/self/fd"
-    if not os.path.isdir(fd_dir):  # pragma: no cover - not Linux
-        return found
-    for fd in os.listdir(fd_dir):
-        try:
-            target = os.readlink(os.path.join(fd_dir, fd))
-        except OSError:
-            continue
-        if target.startswith("socket:") or "pidfd" in target:
-            found.add(f"{fd}->{target}")
-    return found
+    """This process's open sockets and pidfds (as /proc shows them)."""
+    return {
+        f"{fd}->{target}"
+        for fd, target in open_fds().items()
+        if target.startswith("socket:") or "pidfd" in target
+    }
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,6 +13,7 @@ from typing import Any
 
 import pytest
 import workfns as jobs
+from _support import CHROMIUM_ARGS, chromium
 
 import spindle
 from spindle.observe import serve_dashboard, serve_metrics
@@ -162,14 +161,10 @@ class _Recording:
         await self.server.__aexit__(*exc)
 
 
-def _chromium() -> str | None:
-    return os.environ.get("SPINDLE_CHROMIUM") or shutil.which("chromium")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_dashboard_shows_a_live_run_in_a_browser(tmp_path: Path) -> None:
-    browser_path = _chromium()
+    browser_path = chromium()
     if browser_path is None:
         pytest.skip("no Chromium installed (Debian package 'chromium')")
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -193,16 +188,6 @@ def test_dashboard_shows_a_live_run_in_a_browser(tmp_path: Path) -> None:
     results = pipeline.run(range(2100), services=[dashboard])
     got: list[Any] = []
     consumer = _run_in_thread(results, got)
-    args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]
     done_cell = '#stages tr[data-stage="job"] td[data-field="done"]'
 
     def shown_done(page: Any) -> int:
@@ -211,7 +196,7 @@ def test_dashboard_shows_a_live_run_in_a_browser(tmp_path: Path) -> None:
     try:
         asyncio.run(_wait_for(lambda: bool(urls), "the dashboard started"))
         with playwright.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=browser_path, args=args)
+            browser = pw.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page()
                 page.goto(urls[0])

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
+from _support import open_fds
 
 
 def _open_files() -> dict[str, str]:
     """This process's descriptors that point at regular files (fd -> path)."""
-    found: dict[str, str] = {}
-    fd_dir = "/proc/self/fd"
-    if not os.path.isdir(fd_dir):  # pragma: no cover - not Linux
-        return found
-    for fd in os.listdir(fd_dir):
-        try:
-            target = os.readlink(os.path.join(fd_dir, fd))
-        except OSError:
-            continue
-        if target.startswith("/") and not target.startswith(("/dev/", "/proc/")):
-            found[fd] = target
-    return found
+    return {
+        fd: target
+        for fd, target in open_fds().items()
+        if target.startswith("/") and not target.startswith(("/dev/", "/proc/"))
+    }
 
 
 @pytest.fixture(autouse=True)

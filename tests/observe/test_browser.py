@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+from _support import CHROMIUM_ARGS, chromium
 
 from spindle.observe import Timeline, serve_dashboard
 
@@ -22,18 +22,7 @@ from .conftest import FakeRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
-CHROMIUM = os.environ.get("SPINDLE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
+CHROMIUM = chromium() or "/usr/bin/chromium"
 # Screenshots go to a temporary folder, or to SPINDLE_SCREENSHOTS (for example
 # docs/images, to refresh the pictures in the README).
 DOCS_IMAGES = Path(
