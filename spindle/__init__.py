@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from ._api import thread as thread
     from ._core.pipeline import Pipeline as Pipeline
     from ._core.pipeline import Results as Results
-    from ._core.runner import StageStats as StageStats
     from ._core.stage import Stage as Stage
+    from ._core.stage import StageStats as StageStats
     from .jobs.fetch import fetch as fetch
 
 __version__ = "0.1.0"
@@ -67,7 +67,7 @@ _LAZY = {
     "thread": "._api",
     "Pipeline": "._core.pipeline",
     "Results": "._core.pipeline",
-    "StageStats": "._core.runner",
+    "StageStats": "._core.stage",
     "Stage": "._core.stage",
     "fetch": ".jobs.fetch",  # loads aiohttp: only when asked for
 }

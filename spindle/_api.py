@@ -21,6 +21,13 @@ Every stage constructor and :func:`map` take the same options (``StageOptions``)
   with the same key always go to the same worker process, by consistent hashing, so
   per-key state (limits, connections, caches) lives in one place; when that worker
   is replaced the key moves to the next worker on the ring meanwhile (cpu).
+- ``reporter``: a function called in each worker with its state (what ``init``
+  returned, or None) that returns a small dict of plain data, e.g. cache hits. Each
+  worker reports at most once a second and once more when it stops; the stage's
+  entry in a snapshot holds the workers' latest reports merged, as ``report``.
+- ``merge_reports``: merges a list of reports into one (default: numbers added up
+  key by key, nested dicts too; for other values the last report's). It gets ended
+  workers' reports first, then live workers', and must accept its own output.
 """
 
 from __future__ import annotations

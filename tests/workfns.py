@@ -193,3 +193,33 @@ async def async_marks_dir(_: int) -> str:
 
     await asyncio.sleep(0)
     return spindle.worker_state()["marks"]  # type: ignore[no-any-return]
+
+
+def job_counter() -> dict[str, int]:
+    """A worker's state for the report tests: how many jobs it ran."""
+    return {"jobs": 0}
+
+
+def count_job(x: int) -> int:
+    import spindle
+
+    spindle.worker_state()["jobs"] += 1
+    return x
+
+
+async def async_count_job(x: int) -> int:
+    import spindle
+
+    await asyncio.sleep(0)
+    spindle.worker_state()["jobs"] += 1
+    return x
+
+
+def report_jobs(state: dict[str, int]) -> dict[str, Any]:
+    """A reporter: jobs in all, and per worker (process and thread)."""
+    worker = f"{os.getpid()}-{threading.get_ident()}"
+    return {"jobs": state["jobs"], "by_worker": {worker: state["jobs"]}}
+
+
+def broken_reporter(state: Any) -> dict[str, Any]:
+    raise RuntimeError("the reporter has a bug")

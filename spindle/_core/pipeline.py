@@ -41,8 +41,8 @@ from .._failure import Failure
 from ..executors.base import Executor
 from .channel import Channel, ChannelClosed
 from .loop import new_event_loop
-from .runner import StageRunner, StageStats
-from .stage import Stage
+from .runner import StageRunner
+from .stage import Stage, StageStats
 
 OnError = Literal["raise", "yield"]
 #: Something to run beside a pipeline on its loop: given the run's ``snapshot``
@@ -50,6 +50,8 @@ OnError = Literal["raise", "yield"]
 Service = Callable[[Callable[[], dict[str, Any]]], AbstractAsyncContextManager[Any]]
 #: Capacity of the channel between the last stage and the caller.
 OUTPUT_BUFFER = 8192
+#: Keys of a stage's merged report whose rows also go into the run's snapshot.
+RUN_SECTIONS = ("hosts",)
 #: Seconds the caller waits for the source thread to finish after a stop; a source
 #: blocked inside the user's iterable (stdin, a socket) cannot be interrupted.
 _SOURCE_JOIN = 2.0
@@ -250,14 +252,26 @@ class _Execution:
         failures = sorted(
             (f for r in self.runners for f in list(r.recent_failures)), key=lambda f: f["time"]
         )[-50:]
-        return {
+        stages = [r.snapshot() for r in self.runners]
+        snap: dict[str, Any] = {
             "elapsed": 0.0 if started is None else time.monotonic() - started,
             "status": self.status,
             "total": self.total,
-            "stages": [r.snapshot() for r in self.runners],
+            "stages": stages,
             "workers": [w for ex in self.executors for w in ex.workers_snapshot()],
             "failures": failures,
         }
+        # A stage's report may carry rows of a section of the whole run (a fetch
+        # stage's "hosts"): the run's section gathers those of every stage.
+        for stage in stages:
+            report = stage.get("report")
+            if report is None:
+                continue
+            for section in RUN_SECTIONS:
+                rows = report.get(section)
+                if isinstance(rows, list):
+                    snap.setdefault(section, []).extend(rows)
+        return snap
 
     # -- the source ----------------------------------------------------------------
 
@@ -357,6 +371,12 @@ class _Execution:
                 closing = [ex.aclose(cancel=self.cancelled) for ex in self.executors]
                 await _finish(asyncio.gather(*closing, return_exceptions=True))
                 self.out.close()
+                self._finish_runners()
+
+    def _finish_runners(self) -> None:
+        """Each stage keeps its final counters; the run's objects are let go."""
+        for r in self.runners:
+            r.finish()
 
     # -- synchronous iteration -----------------------------------------------------
 
@@ -406,6 +426,7 @@ class _Execution:
         else:
             for ex in self.executors:  # prepared (maybe forked) but never started
                 _run_quietly(ex.aclose(cancel=True))
+            self._finish_runners()
             if loop is not None and not loop.is_closed():
                 loop.close()
         for ch in self.channels:

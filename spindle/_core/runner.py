@@ -33,40 +33,13 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .._failure import Failure, short_repr
 from ..executors.base import Executor, Outcome
 from ..observe.histogram import LatencyHistogram
 from .channel import Channel
-from .stage import Stage
-
-
-@dataclass(slots=True)
-class StageStats:
-    """Counters of one stage, as plain data."""
-
-    name: str
-    kind: str
-    done: int = 0
-    failed: int = 0
-    retried: int = 0
-    in_flight: int = 0
-    queued: int = 0
-    workers: int = 0
-    restarts: int = 0
-
-    def __repr__(self) -> str:
-        def n(v: int) -> str:
-            return f"{v:,}".replace(",", " ")
-
-        return (
-            f"{self.name} ({self.kind}): {n(self.in_flight)} running, {n(self.queued)} queued, "
-            f"{n(self.done)} done, {n(self.failed)} failed"
-            + (f", {n(self.retried)} retried" if self.retried else "")
-            + (f", {n(self.restarts)} restarts" if self.restarts else "")
-        )
+from .stage import Stage, StageStats
 
 
 class StageRunner:
@@ -110,6 +83,11 @@ class StageRunner:
         self.latency = LatencyHistogram()
         self._latencies: list[float] = []
         self.recent_failures: deque[dict[str, Any]] = deque(maxlen=50)
+        stage._last_run.attach(self)
+
+    def finish(self) -> None:
+        """The run is over: ``stage.stats()`` keeps its final counters, not the runner."""
+        self.stage._last_run.detach(self)
 
     def stats(self) -> StageStats:
         extra = self.executor.stats()
@@ -239,7 +217,7 @@ class StageRunner:
         """This stage as plain data (the ``stages`` entries of a run's snapshot)."""
         self._flush_latencies()
         extra = self.executor.stats()
-        return {
+        snap = {
             "name": self.stage.name,
             "kind": self.stage.kind,
             "done": self.done,
@@ -251,6 +229,10 @@ class StageRunner:
             "restarts": int(extra.get("restarts", 0)),
             "latency": self.latency.snapshot(),
         }
+        report = self.executor.report()
+        if report is not None:
+            snap["report"] = report
+        return snap
 
     async def _acquire(self) -> None:
         if self._permits > 0 and not self._permit_waiters:

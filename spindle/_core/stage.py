@@ -7,10 +7,11 @@ many times.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, Protocol, TypedDict
 
 from .._errors import ConfigError
 from ..executors._batch import is_async_fn, is_generator_fn
@@ -61,6 +62,69 @@ class StageOptions(TypedDict, total=False):
     max_memory_per_worker: int | str | None
     start_method: str
     route: Callable[[Any], Any] | None
+    reporter: Callable[[Any], dict[str, Any]] | None
+    merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None
+
+
+@dataclass(slots=True)
+class StageStats:
+    """Counters of one stage, as plain data."""
+
+    name: str
+    kind: str
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    in_flight: int = 0
+    queued: int = 0
+    workers: int = 0
+    restarts: int = 0
+
+    def __repr__(self) -> str:
+        def n(v: int) -> str:
+            return f"{v:,}".replace(",", " ")
+
+        return (
+            f"{self.name} ({self.kind}): {n(self.in_flight)} running, {n(self.queued)} queued, "
+            f"{n(self.done)} done, {n(self.failed)} failed"
+            + (f", {n(self.retried)} retried" if self.retried else "")
+            + (f", {n(self.restarts)} restarts" if self.restarts else "")
+        )
+
+
+class _StatsSource(Protocol):
+    def stats(self) -> StageStats: ...
+
+
+class _LastRun:
+    """Where a stage finds its current or most recent run's counters.
+
+    A run's stage runner attaches itself when the run is made and, when the run is
+    over, leaves its final :class:`StageStats` in its place: a stage object lives on
+    after its runs, and must not keep a run's buffers and workers' records alive.
+    With several runs of one stage at once, the one made last counts.
+    """
+
+    __slots__ = ("_final", "_runner")
+
+    def __init__(self) -> None:
+        self._runner: _StatsSource | None = None
+        self._final: StageStats | None = None
+
+    def attach(self, runner: _StatsSource) -> None:
+        self._runner, self._final = runner, None
+
+    def detach(self, runner: _StatsSource) -> None:
+        if self._runner is runner:
+            self._final, self._runner = runner.stats(), None
+
+    def stats(self, stage: Stage) -> StageStats:
+        runner, final = self._runner, self._final
+        if runner is not None:
+            return runner.stats()
+        if final is not None:
+            return dataclasses.replace(final)
+        return StageStats(name=stage.name, kind=stage.kind)
 
 
 @dataclass(frozen=True)
@@ -82,6 +146,29 @@ class Stage:
     max_jobs_per_worker: int | None = None
     max_memory_per_worker: int | None = None
     route: Callable[[Any], Any] | None = None
+    reporter: Callable[[Any], dict[str, Any]] | None = None
+    merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+    #: The stage's current or most recent run (see :meth:`stats`).
+    _last_run: _LastRun = field(
+        default_factory=_LastRun, init=False, repr=False, compare=False, hash=False
+    )
+
+    def stats(self) -> StageStats:
+        """Counters of this stage in its current run, or in its most recent one once
+        that is over (every way of running a stage counts: ``Pipeline.run``,
+        ``arun``, and ``spindle.map`` for the stage it makes). Before the stage has
+        ever run: every counter zero.
+
+        >>> import spindle
+        >>> stage = spindle.thread(str.upper, workers=2)
+        >>> stage.stats()
+        upper (thread): 0 running, 0 queued, 0 done, 0 failed
+        >>> list(spindle.Pipeline([stage]).run(["a", "b"]))
+        ['A', 'B']
+        >>> stage.stats().done
+        2
+        """
+        return self._last_run.stats(self)
 
     @property
     def flat(self) -> bool:
@@ -187,6 +274,8 @@ def make_stage(
     max_jobs_per_worker: int | None = None,
     max_memory_per_worker: int | str | None = None,
     route: Callable[[Any], Any] | None = None,
+    reporter: Callable[[Any], dict[str, Any]] | None = None,
+    merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> Stage:
     """Validate arguments and fill in defaults; errors say what to use instead."""
     if kind not in KINDS:
@@ -207,6 +296,12 @@ def make_stage(
         raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if init is not None and not callable(init):
         raise ConfigError(f"init must be a function, got {type(init).__name__}")
+    if reporter is not None and not callable(reporter):
+        raise ConfigError(f"reporter must be a function, got {type(reporter).__name__}")
+    if merge_reports is not None and (reporter is None or not callable(merge_reports)):
+        raise ConfigError(
+            "merge_reports takes a function of a list of reports and needs reporter= as well"
+        )
     retry = RetryPolicy.make(retries, backoff, retry_on, permanent)
     memory = parse_bytes(max_memory_per_worker)
     asynchronous = is_async_fn(fn)
@@ -253,4 +348,6 @@ def make_stage(
         max_jobs_per_worker,
         memory,
         route,
+        reporter,
+        merge_reports,
     )

@@ -10,6 +10,10 @@ The payload is pickled by the sender (plain ``pickle``, protocol 5; the function
 itself travels once, with cloudpickle). Keeping the header outside the pickle lets
 the parent route a frame without unpickling it, and lets a sender ship a payload it
 already pickled without copying it into a bigger buffer.
+
+A worker whose stage has a reporter also sends REPORT frames, at most about one a
+second and one more before it exits after STOP; they answer no request, so they may
+come between any two RESULT frames.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ OP_READY = 10  # payload: pickled pid
 OP_RESULT = 11  # payload: pickled (results, errors, seconds)
 OP_BAD_BATCH = 12  # payload: pickled str: the batch could not be unpickled
 OP_FATAL = 13  # payload: pickled (type name, message, traceback): worker cannot run
+OP_REPORT = 14  # payload: pickled dict from the stage's reporter (see _reports); id 0
 
 
 def frame(op: int, ident: int, payload: bytes = b"") -> list[bytes]:

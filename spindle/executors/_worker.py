@@ -3,7 +3,9 @@
 A worker owns one end of a socket pair; the parent owns the other (see ``_wire``).
 It announces itself with READY, then answers each BATCH with one RESULT, until STOP
 or until the parent's end closes. It never decides anything about retries or
-ordering: the parent's supervisor does.
+ordering: the parent's supervisor does. When the stage has a reporter, it also sends
+a REPORT now and then (after a batch, or from a timer on its event loop) and a last
+one after STOP (see ``_reports``).
 
 A worker ignores SIGINT: a Ctrl-C in a terminal reaches the whole process group, and
 it is the parent that decides how the run stops (drain, then cancel). On Linux the
@@ -31,9 +33,10 @@ from typing import Any
 
 from .._errors import Timeout
 from .._failure import short_repr
-from .._worker_state import STATE, InitScope
+from .._worker_state import _UNSET, STATE, InitScope
 from . import _wire
 from ._batch import call_batch
+from ._reports import Reporter, ReporterFn, state_or_none
 
 #: Layout of a worker's progress slot: batch id, index in the batch, start time
 #: (``time.monotonic()``, the same clock in every process). Written before each item
@@ -59,6 +62,7 @@ class WorkerConfig:
     timeout: float | None = None
     init: Callable[[], Any] | None = None
     report_rss: bool = False
+    reporter: ReporterFn | None = None
 
 
 def encode_error(exc: BaseException) -> EncodedError:
@@ -109,6 +113,19 @@ class _Sender:
         self._sock.sendall(b"".join(_wire.frame(op, ident, payload)))
 
 
+def _reporter(config: WorkerConfig) -> Reporter | None:
+    if config.reporter is None:
+        return None
+    return Reporter(config.reporter, config.stage)
+
+
+def _report(reporter: Reporter, send: Callable[[int, int, bytes], None]) -> None:
+    """Send the stage's report of this worker, unless it failed or has not changed."""
+    payload = reporter.encode(state_or_none(STATE.get(), _UNSET))
+    if payload is not None:
+        send(_wire.OP_REPORT, 0, payload)
+
+
 def current_rss() -> int:
     """Resident memory of this process in bytes (Linux /proc; peak RSS elsewhere)."""
     try:
@@ -142,6 +159,7 @@ def _serve_sync(sock: socket.socket, config: WorkerConfig, progress: mmap.mmap |
     reader = _wire.FrameReader(sock)
     out = _Sender(sock)
     fn, flat = config.fn, config.flat
+    reporter = _reporter(config)
     out.send(_wire.OP_READY, 0, pickle.dumps(os.getpid()))
     clock = time.perf_counter
     while True:
@@ -150,6 +168,8 @@ def _serve_sync(sock: socket.socket, config: WorkerConfig, progress: mmap.mmap |
             return
         op, ident, payload = msg
         if op == _wire.OP_STOP:
+            if reporter is not None:
+                _report(reporter, out.send)  # the last report, before init's teardown
             return
         if op != _wire.OP_BATCH:
             continue
@@ -166,6 +186,8 @@ def _serve_sync(sock: socket.socket, config: WorkerConfig, progress: mmap.mmap |
         seconds = clock() - t0
         rss = current_rss() if config.report_rss else None
         out.send(_wire.OP_RESULT, ident, encode_result(items, results, errors, seconds, rss))
+        if reporter is not None and reporter.due():
+            _report(reporter, out.send)
 
 
 async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
@@ -218,7 +240,19 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
         except Exception as exc:
             send(_wire.OP_FATAL, 0, pickle.dumps(("init", *encode_error(exc)[:3])))
             return
+    reporter = _reporter(config)
+    timer: asyncio.TimerHandle | None = None
+    loop = asyncio.get_running_loop()
+
+    def tick() -> None:
+        nonlocal timer
+        assert reporter is not None
+        _report(reporter, send)
+        timer = loop.call_later(reporter.every, tick) if reporter.fn is not None else None
+
     send(_wire.OP_READY, 0, pickle.dumps(os.getpid()))
+    if reporter is not None:
+        timer = loop.call_later(reporter.every, tick)
     try:
         while True:
             try:
@@ -230,6 +264,10 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
             if op == _wire.OP_STOP:
                 if tasks:
                     await asyncio.gather(*tasks)
+                if reporter is not None:
+                    _report(reporter, send)  # the last report, before init's teardown
+                    with contextlib.suppress(ConnectionError):
+                        await writer.drain()
                 return
             if op != _wire.OP_BATCH:
                 continue
@@ -242,6 +280,8 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     finally:
+        if timer is not None:
+            timer.cancel()
         for task in tasks:
             task.cancel()
         if scope is not None:

@@ -59,3 +59,8 @@ class Executor(ABC):
     def workers_snapshot(self) -> list[dict[str, Any]]:
         """One plain-data record per worker: index, pid, state, jobs, restarts."""
         return []
+
+    def report(self) -> dict[str, Any] | None:
+        """The stage's reporter's figures from every worker, merged; None without a
+        reporter (or before the first report). See ``spindle.executors._reports``."""
+        return None

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import Timeout
 from .._failure import Failure
 from .._worker_state import _UNSET, STATE, InitScope
+from ._reports import Report, ReportBook, Reporter, state_or_none
 from .base import Executor, Outcome
 
 if TYPE_CHECKING:
@@ -27,7 +28,9 @@ class LoopExecutor(Executor):
 
     Each in-flight call is one of ``capacity`` long-lived slot coroutines of the
     stage runner (the "worker coroutines" pattern), so no task is created per item.
-    A call past the stage's timeout is cancelled and fails with ``Timeout``.
+    A call past the stage's timeout is cancelled and fails with ``Timeout``. With a
+    stage ``reporter``, the loop is the one worker: it reports after a call at most
+    once a second, and once more when the stage closes.
     """
 
     def __init__(self, stage: Stage) -> None:
@@ -38,6 +41,12 @@ class LoopExecutor(Executor):
         self.timeout = stage.timeout
         self._state: Any = _UNSET
         self._scope = InitScope(stage.init) if stage.init is not None else None
+        self._reporter: Reporter | None = None
+        self.reports: ReportBook | None = None
+        self._closed = False
+        if stage.reporter is not None:
+            self._reporter = Reporter(stage.reporter, stage.name)
+            self.reports = ReportBook(stage.name, stage.merge_reports)
 
     async def start(self) -> None:
         if self._scope is not None:
@@ -74,7 +83,22 @@ class LoopExecutor(Executor):
         finally:
             if token is not None:
                 STATE.reset(token)
-        return Outcome(results, failures, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        if self._reporter is not None and self._reporter.due():
+            self._report()
+        return Outcome(results, failures, seconds)
+
+    def _report(self) -> None:
+        assert self._reporter is not None and self.reports is not None
+        report = self._reporter.make(state_or_none(self._state, _UNSET))
+        if report is not None:
+            self.reports.update(0, report)
+
+    def report(self) -> Report | None:
+        return self.reports.merged() if self.reports is not None else None
+
+    def stats(self) -> dict[str, Any]:
+        return {"workers": 0 if self._closed else 1}
 
     def workers_snapshot(self) -> list[dict[str, Any]]:
         return [
@@ -89,5 +113,8 @@ class LoopExecutor(Executor):
         ]
 
     async def aclose(self, *, cancel: bool) -> None:
+        self._closed = True
+        if self._reporter is not None:
+            self._report()  # the last report, before init's teardown
         if self._scope is not None:
             await self._scope.exit()

@@ -35,6 +35,10 @@ Worker life cycle: ``max_jobs_per_worker`` and ``max_memory_per_worker`` (reside
 memory, which the worker reports after each batch) retire a worker after the batch
 that reaches the limit: it gets STOP behind the batches already sent to it, and a
 replacement starts at once.
+
+Reports: with a stage ``reporter``, workers send REPORT frames (at most about one a
+second, and a last one after STOP); the executor keeps each worker's latest in a
+:class:`~spindle.executors._reports.ReportBook`, which merges them for snapshots.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +66,7 @@ from .._errors import SpindleError
 from .._failure import Failure, short_repr
 from ..policies.batching import AdaptiveBatch
 from . import _wire
+from ._reports import Report, ReportBook
 from ._worker import PROGRESS, PROTOCOL, WorkerConfig, forked_main
 from .base import Executor, Outcome
 from .loop import timeout_failure
@@ -220,6 +226,8 @@ class _Worker:
                 fut.set_result(("ok" if op == _wire.OP_RESULT else "bad", payload))
             self.jobs += 1
             self.executor.on_worker_free()
+        elif op == _wire.OP_REPORT:
+            self.executor.on_report(self, payload)
         elif op == _wire.OP_READY:
             if self.ready is not None and not self.ready.done():
                 self.ready.set_result(None)
@@ -424,6 +432,10 @@ class ProcessExecutor(Executor):
             timeout=self.timeout,
             init=stage.init,
             report_rss=stage.max_memory_per_worker is not None,
+            reporter=stage.reporter,
+        )
+        self.reports = (
+            ReportBook(stage.name, stage.merge_reports) if stage.reporter is not None else None
         )
         self._init_payload: bytes | None = None
         self._workers: list[_Worker] = []
@@ -560,7 +572,29 @@ class ProcessExecutor(Executor):
         assert self._free is not None
         self._free.set()
 
+    def on_report(self, worker: _Worker, payload: bytes) -> None:
+        if self.reports is None:
+            return
+        try:
+            report = pickle.loads(payload)
+        except Exception as exc:
+            # The worker pickled a dict it made; only a class the parent cannot
+            # import gets here. Worth a warning, not the run.
+            warnings.warn(
+                f"a report of stage {self.stage.name!r} could not be unpickled in the "
+                f"parent ({type(exc).__name__}: {exc}); reporters should return plain data",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+            return
+        self.reports.update(worker, report)
+
+    def report(self) -> Report | None:
+        return self.reports.merged() if self.reports is not None else None
+
     def on_worker_exit(self, worker: _Worker) -> None:
+        if self.reports is not None:
+            self.reports.end(worker)
         if self._closing:
             return
         self._workers.remove(worker)

@@ -6,6 +6,9 @@
           ▲                                                         │
           └──────────── loop.call_soon_threadsafe(set_result) ◀─────┘
 
+With a stage ``reporter``, each thread makes its report itself, after a batch at
+most once a second and once more when it stops, into the executor's ReportBook.
+
 A thread cannot be killed. A job past the stage's timeout is therefore *abandoned*:
 it fails with ``Timeout`` at once, a new thread takes the old one's place, and the
 old thread exits when the job finally returns. Closing with ``cancel=True`` does not
@@ -25,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import SpindleError
 from .._failure import Failure
-from .._worker_state import STATE, InitScope
+from .._worker_state import _UNSET, STATE, InitScope
 from ..policies.batching import AdaptiveBatch
 from ._batch import call_batch
+from ._reports import Report, ReportBook, Reporter, state_or_none
 from .base import Executor, Outcome
 from .loop import timeout_failure
 
@@ -51,6 +55,9 @@ class ThreadExecutor(Executor):
         self._numbers = itertools.count()
         self._started: asyncio.Future[None] | None = None
         self.abandoned = 0
+        self.reports = (
+            ReportBook(stage.name, stage.merge_reports) if stage.reporter is not None else None
+        )
 
     def batch_size(self) -> int:
         return self._batching.size
@@ -58,6 +65,9 @@ class ThreadExecutor(Executor):
     def stats(self) -> dict[str, Any]:
         alive = sum(t.is_alive() for t in self._threads)
         return {"workers": alive, "abandoned": self.abandoned}
+
+    def report(self) -> Report | None:
+        return self.reports.merged() if self.reports is not None else None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -92,13 +102,28 @@ class ThreadExecutor(Executor):
                 _call_soon(loop, _resolve, ready, err)
                 return
         _call_soon(loop, _resolve, ready, None)
+        reporter = None
+        if stage.reporter is not None:
+            reporter = Reporter(stage.reporter, stage.name)
         try:
-            self._serve(loop, me)
+            self._serve(loop, me, reporter)
         finally:
+            if reporter is not None:
+                self._report(me, reporter)  # the last report, before init's teardown
+                assert self.reports is not None
+                self.reports.end(me)
             if scope is not None:
                 scope.exit_sync()
 
-    def _serve(self, loop: asyncio.AbstractEventLoop, me: threading.Thread) -> None:
+    def _report(self, me: threading.Thread, reporter: Reporter) -> None:
+        report = reporter.make(state_or_none(STATE.get(), _UNSET))
+        if report is not None:
+            assert self.reports is not None
+            self.reports.update(me, report)
+
+    def _serve(
+        self, loop: asyncio.AbstractEventLoop, me: threading.Thread, reporter: Reporter | None
+    ) -> None:
         fn, flat, jobs = self.stage.fn, self.stage.flat, self._jobs
         clock = time.perf_counter
         while True:
@@ -114,6 +139,8 @@ class ThreadExecutor(Executor):
             except BaseException as exc:  # reported to the awaiting slot, not swallowed
                 outcome = exc
             _call_soon(job_loop, _resolve, fut, outcome)
+            if reporter is not None and reporter.due():
+                self._report(me, reporter)
             if me in self._abandoned:
                 return  # a replacement took this thread's place while the job ran
 

@@ -9,7 +9,8 @@ Everything here reads the engine's plain-data snapshot (``snapshot() -> dict``, 
                 ├─▶ serve_dashboard      a live page with charts, workers, hosts, failures
                 └─▶ Timeline ─▶ plot_timeline   charts of the run in a file
 
-    workers ──LatencyHistogram.to_dict() per batch──▶ parent merge() ──▶ stage latency
+    stage runner ──record_n(mean, n) per batch──▶ LatencyHistogram ──▶ stage latency
+    workers ──reporter(state), about once a second──▶ merge_reports ──▶ stage report, hosts
 
 The servers and the plot need optional packages (aiohttp, prometheus_client,
 matplotlib); their names are imported on first use, so ``import spindle.observe``

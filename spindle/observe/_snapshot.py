@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from .histogram import LatencySnapshot
 
@@ -31,7 +31,8 @@ Status = Literal["running", "stopping", "done", "failed"]
 
 
 class StageSnapshot(TypedDict):
-    """One stage of the pipeline: counters, gauges and its latency summary."""
+    """One stage of the pipeline: counters, gauges and its latency summary; ``report``
+    is the merged figures of the stage's reporter, for a stage that has one."""
 
     name: str
     kind: str
@@ -43,6 +44,7 @@ class StageSnapshot(TypedDict):
     workers: int
     restarts: int
     latency: LatencySnapshot
+    report: NotRequired[dict[str, Any]]
 
 
 class WorkerSnapshot(TypedDict):
@@ -68,7 +70,8 @@ class FailureSnapshot(TypedDict):
 
 
 class HostSnapshot(TypedDict):
-    """Per-host figures of a fetch run."""
+    """Per-host figures of a fetch run, added up over the stage's worker processes
+    (``limit`` is the host's concurrency limit now)."""
 
     host: str
     requests: int
@@ -131,6 +134,25 @@ def _maps(value: object) -> list[Mapping[str, Any]]:
     return [v for v in value if isinstance(v, Mapping)]
 
 
+def _stage(i: int, s: Mapping[str, Any]) -> StageSnapshot:
+    stage: StageSnapshot = {
+        "name": str(s.get("name", f"stage{i}")),
+        "kind": str(s.get("kind", "")),
+        "done": _int(s.get("done")),
+        "failed": _int(s.get("failed")),
+        "retried": _int(s.get("retried")),
+        "in_flight": _int(s.get("in_flight")),
+        "queued": _int(s.get("queued")),
+        "workers": _int(s.get("workers")),
+        "restarts": _int(s.get("restarts")),
+        "latency": _latency(s.get("latency")),
+    }
+    report = s.get("report")
+    if isinstance(report, Mapping):
+        stage["report"] = dict(report)
+    return stage
+
+
 def normalize(raw: Mapping[str, Any]) -> Snapshot:
     """A complete :class:`Snapshot` from whatever ``snapshot()`` returned."""
     total = raw.get("total")
@@ -138,21 +160,7 @@ def normalize(raw: Mapping[str, Any]) -> Snapshot:
         "elapsed": _float(raw.get("elapsed")),
         "status": str(raw.get("status", "running")),
         "total": total if isinstance(total, int) and not isinstance(total, bool) else None,
-        "stages": [
-            {
-                "name": str(s.get("name", f"stage{i}")),
-                "kind": str(s.get("kind", "")),
-                "done": _int(s.get("done")),
-                "failed": _int(s.get("failed")),
-                "retried": _int(s.get("retried")),
-                "in_flight": _int(s.get("in_flight")),
-                "queued": _int(s.get("queued")),
-                "workers": _int(s.get("workers")),
-                "restarts": _int(s.get("restarts")),
-                "latency": _latency(s.get("latency")),
-            }
-            for i, s in enumerate(_maps(raw.get("stages")))
-        ],
+        "stages": [_stage(i, s) for i, s in enumerate(_maps(raw.get("stages")))],
         "workers": [
             {
                 "stage": str(w.get("stage", "")),

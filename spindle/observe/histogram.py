@@ -25,8 +25,10 @@ batch: about 50 µs); and its histogram object cannot be pickled (it holds a cty
 array). Workers send their latencies per batch, so a cheap, picklable, plain-data form
 matters more here than HDR's choice of precisions.
 
-Workers record their batches into a local histogram and send ``to_dict()`` (plain ints
-and floats, picklable and JSON-able) to the parent, which ``merge()``s it.
+The engine records in the parent: a stage runner adds each batch's compute time,
+which the worker measures, as ``record_n(seconds / n, n)``, one call per batch.
+``to_dict()`` (plain ints and floats, picklable and JSON-able) and ``merge()`` are
+the form in which a histogram travels between processes or is saved.
 """
 
 from __future__ import annotations

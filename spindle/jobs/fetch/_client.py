@@ -177,6 +177,10 @@ class Fetcher:
         """Per-host figures (requests, errors, limit, mean latency...) by ``host:port``."""
         return {key: host.snapshot() for key, host in self._hosts.items()}
 
+    def hosts(self) -> list[Host]:
+        """Every host this Fetcher has contacted (its live state: read, do not change)."""
+        return list(self._hosts.values())
+
     def stats(self) -> dict[str, int]:
         return {
             "in_flight": self._in_flight,

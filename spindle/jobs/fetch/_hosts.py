@@ -53,7 +53,8 @@ class Host:
         self.responses = 0
         self.errors = 0
         self.throttled = 0
-        self._latency_sum = 0.0
+        #: Seconds of every answered request, added up (the mean's numerator).
+        self.latency_sum = 0.0
 
     @property
     def interval(self) -> float:
@@ -90,7 +91,7 @@ class Host:
         self._connection_errors = 0
         self.dead = False
         self.responses += 1
-        self._latency_sum += latency
+        self.latency_sum += latency
         if throttle:
             self.throttled += 1
             self.limiter.decrease()
@@ -124,7 +125,7 @@ class Host:
             "waiting": self.limiter.waiting,
             "limit": self.limiter.limit,
             "interval": self.interval,
-            "mean_latency": self._latency_sum / self.responses if self.responses else None,
+            "mean_latency": self.latency_sum / self.responses if self.responses else None,
             "dead": self.dead,
             "robots": None if self.robots is None else self.robots.status,
         }

@@ -16,6 +16,17 @@ the run fetches below ``concurrency``; with one host, use one worker. When a wor
 is replaced, its hosts move to one neighbour on the ring, whose Fetcher starts
 their state afresh.
 
+Per-host figures reach the run's snapshot (its ``hosts`` rows: the dashboard's
+hosts table, the final report's hosts section) through the stage's reporter: each
+worker reports its Fetcher's hosts about once a second and once more when it stops,
+and the parent adds the rows of one host up across workers (after a replacement a
+host has been fetched by two)::
+
+    worker: report_hosts(fetcher) ─ REPORT frame ─▶ parent: merge_hosts([...]) ─▶ "hosts"
+
+A report holds the ``MAX_HOST_ROWS`` busiest hosts; the others add up into one
+``(other hosts)`` row, so totals stay exact and a crawl of many hosts sends little.
+
 A URL that fails raises :class:`FetchFailed`, which the run records as a
 :class:`spindle.Failure` with ``error == "FetchFailed"`` and ``message ==
 "URL: reason"`` (the bare reason is ``failure.exception.reason``); any HTTP
@@ -26,7 +37,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+import heapq
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from spindle._core.stage import Stage, cpu_count, make_stage
@@ -34,11 +46,19 @@ from spindle._errors import ConfigError
 from spindle._worker_state import worker_state
 
 from ._client import Fetcher
+from ._hosts import Host
 from ._options import FetchOptions
 from ._response import FetchResult, Response
 from ._urls import BadURL, host_key, parse_url
 
 _DEFAULTS = FetchOptions()
+
+#: Host rows in a report, at most: the busiest hosts, then one row for the others.
+MAX_HOST_ROWS = 100
+#: The name of the row that adds up the hosts beyond ``MAX_HOST_ROWS``.
+OTHER_HOSTS = "(other hosts)"
+#: Figures of a host row that add up across workers.
+_SUMMED = ("requests", "errors", "responses", "latency_sum")
 
 
 def fetch(
@@ -147,7 +167,77 @@ def fetch_stage(
         name=name,
         init=functools.partial(open_fetcher, per_worker),
         route=host_of,
+        reporter=report_hosts,
+        merge_reports=merge_hosts,
     )
+
+
+def report_hosts(fetcher: Fetcher) -> dict[str, Any]:
+    """The stage's reporter, in a worker: ``{"hosts": rows}`` of its Fetcher.
+
+    A row: ``host`` (``host:port``), ``requests`` (started, robots.txt included),
+    ``errors`` (failed attempts), ``responses``, ``latency_sum`` (seconds, over the
+    responses) and ``limit`` (the host's concurrency limit now).
+    """
+    hosts = fetcher.hosts()
+    if len(hosts) > MAX_HOST_ROWS:
+        top = heapq.nlargest(MAX_HOST_ROWS - 1, hosts, key=_requests)
+        kept = {id(h) for h in top}
+        rows = [_row(h) for h in top]
+        rows.append(_other([_row(h) for h in hosts if id(h) not in kept]))
+        return {"hosts": rows}
+    return {"hosts": [_row(h) for h in hosts]}
+
+
+def merge_hosts(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stage's merge, in the parent: one row per host, figures added up across
+    workers, ``limit`` from the last report holding the host (a live worker's, since
+    ended workers' reports come first), ``latency_mean`` over all responses."""
+    by_host: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for row in report.get("hosts", ()):
+            have = by_host.get(row["host"])
+            if have is None:
+                by_host[row["host"]] = dict(row)
+                continue
+            for key in _SUMMED:
+                have[key] += row[key]
+            have["limit"] = row["limit"]
+    rows = list(by_host.values())
+    if len(rows) > MAX_HOST_ROWS:
+        named = [r for r in rows if r["host"] != OTHER_HOSTS]
+        top = heapq.nlargest(MAX_HOST_ROWS - 1, named, key=_requests)
+        kept = {id(r) for r in top}
+        rows = [*top, _other([r for r in rows if id(r) not in kept])]
+    for row in rows:
+        responses = row["responses"]
+        row["latency_mean"] = row["latency_sum"] / responses if responses else 0.0
+    return {"hosts": rows}
+
+
+def _requests(host: Host | dict[str, Any]) -> int:
+    return host.requests if isinstance(host, Host) else int(host["requests"])
+
+
+def _row(host: Host) -> dict[str, Any]:
+    return {
+        "host": host.key,
+        "requests": host.requests,
+        "errors": host.errors,
+        "responses": host.responses,
+        "latency_sum": host.latency_sum,
+        "limit": host.limiter.limit,
+    }
+
+
+def _other(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """One row adding up ``rows`` (hosts beyond the busiest, and earlier such rows)."""
+    other: dict[str, Any] = {"host": OTHER_HOSTS, "limit": 0}
+    other.update(dict.fromkeys(_SUMMED, 0))
+    for row in rows:
+        for key in _SUMMED:
+            other[key] += row[key]
+    return other
 
 
 async def open_fetcher(options: FetchOptions) -> AsyncIterator[Fetcher]:
