@@ -53,11 +53,14 @@ def test_latency_percentiles_reflect_known_job_durations() -> None:
     list(results)
     lat = results.snapshot()["stages"][0]["latency"]
     assert lat["count"] == 100
-    # A sleep never ends early: each percentile is at least the duration asked for,
-    # less the histogram's stated precision (1/256 of the value).
+    # Each percentile is the duration asked for, within the histogram's stated
+    # precision (1/256 of the value), less what the event loop's timers allow: uvloop
+    # counts a timer from the loop's time cached at the start of the iteration, in
+    # whole milliseconds, so on a busy machine a sleep can end a few ms early.
     low = 1 - 1 / 256
-    assert 0.02 * low <= lat["p50"] < 0.2 * low
-    assert lat["p99"] >= 0.2 * low
+    early = 0.005
+    assert 0.02 * low - early <= lat["p50"] < 0.2 * low - early
+    assert lat["p99"] >= 0.2 * low - early
 
 
 def test_stats_json_from_the_command_line(tmp_path: Path) -> None:

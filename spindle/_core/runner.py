@@ -179,7 +179,11 @@ class StageRunner:
                 outcome = await self.executor.run(items)
             finally:
                 self._release()
-        n = len(items)
+        self._time(len(items), outcome)
+        return outcome
+
+    def _time(self, n: int, outcome: Outcome) -> None:
+        """Record a batch's latency: O(1) per batch, whatever its size."""
         if n == 1:
             # Single-item batches (io stages) are timed in bulk: record_many is several
             # times cheaper per value than record.
@@ -189,7 +193,11 @@ class StageRunner:
                 self._flush_latencies()
         elif n:
             self.latency.record_n(max(outcome.seconds, 0.0) / n, n)
-        return outcome
+
+    def _count(self, n: int, outcome: Outcome) -> None:
+        """Count a batch's items as done or failed."""
+        self.failed += outcome.failures
+        self.done += n - outcome.failures
 
     def _flush_latencies(self) -> None:
         pending, self._latencies = self._latencies, []
@@ -299,8 +307,7 @@ class StageRunner:
     async def _execute(self, items: list[Any]) -> Outcome:
         if Failure not in map(type, items):
             outcome = await self._run(items)
-            self.failed += outcome.failures
-            self.done += len(items) - outcome.failures
+            self._count(len(items), outcome)
             return outcome
         # Failures from an earlier stage pass through in place; the rest runs.
         results: list[Any] = []
