@@ -40,7 +40,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ from ._base import (
     unwritable_failure,
 )
 from ._errors import JournalCorrupt, JournalError, JournalMismatch
+from ._filter import KeyFilter
 from ._lock import JournalLock
 from ._status import JournalStatus, collect_status, read_status
 
@@ -181,6 +184,70 @@ def _encode_failure(
         return failures.encode({"key": key_text(key), "error": error, "message": message})
 
 
+class _CommitJob:
+    """One group commit's transaction, run by the caller or by a background thread.
+
+    The SQLite work runs with the GIL released, so in a thread it overlaps the Python
+    work of claiming and recording the next items instead of stalling them.
+    """
+
+    __slots__ = (
+        "conn",
+        "error",
+        "new_pending",
+        "path",
+        "pending",
+        "points",
+        "seconds",
+        "settled",
+        "started",
+        "statements",
+        "thread",
+    )
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, started: float) -> None:
+        self.conn = conn
+        self.path = path
+        self.started = started
+        self.pending: list[tuple[Any, ...]] = []
+        self.settled: list[tuple[Any, ...]] = []
+        self.new_pending: list[list[Any]] = []
+        self.points: dict[str, str] = {}
+        self.statements: list[tuple[str, list[tuple[Any, ...]]]] = []
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        conn = self.conn
+        try:
+            with contextlib.suppress(TypeError):  # mixed str and bytes keys cannot be sorted
+                self.settled.sort(key=itemgetter(0))  # fewer B-tree pages touched, in order
+            conn.execute("BEGIN IMMEDIATE")
+            if self.pending:
+                conn.executemany(_UPSERT_PENDING, self.pending)
+            if self.settled:
+                conn.executemany(_UPSERT_ITEM, self.settled)
+            for sql, rows in self.statements:
+                if rows:
+                    conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                wrapped = _journal_error("write", self.path, exc)
+                wrapped.__cause__ = exc
+                self.error = wrapped
+            else:
+                self.error = exc
+            if self.thread is None:  # run in the caller: raise there
+                raise self.error from exc
+        finally:
+            self.seconds = time.monotonic() - self.started
+
+
 class SqliteJournal(Journal):
     """A journal in an SQLite database file, shared by the runs of one command.
 
@@ -240,6 +307,8 @@ class SqliteJournal(Journal):
         # ("" for records that need none).
         self._waiting = {slot: _Waiting(slot) for slot in ("", *self._outputs)}
         self._queued = 0
+        self._job: _CommitJob | None = None  # the commit in flight, if any
+        self._generation = 0  # commits settled: lookups made before one may be stale
         self._broken: BaseException | None = None
         self._closed = False
         self._run = 0
@@ -253,18 +322,29 @@ class SqliteJournal(Journal):
         self._lock = JournalLock(self.path)
         self._lock.acquire()
         self._conn: sqlite3.Connection | None = None
+        # Lookups read through their own connection: in WAL mode it sees the last commit
+        # while a commit is being written through the other one in a background thread.
+        self._reader: sqlite3.Connection | None = None
+        self._filter: KeyFilter | None = None
         opened: list[Output[Any]] = []
         try:
             self._conn = self._connect()
             self._prepare(force)
             self._open_outputs(force, opened)
             self._begin_run()
+            self._reader = self._open_reader()
+            assert self._conn is not None
+            empty = self._conn.execute("SELECT NOT EXISTS (SELECT 1 FROM items)").fetchone()
+            # Empty at the start: the database can only hold keys this run claims, which
+            # the filter remembers, so most keys need no lookup at all.
+            self._filter = KeyFilter() if empty[0] else None
         except BaseException:
             for out in opened:
                 with contextlib.suppress(Exception):
                     out.close()
-            if self._conn is not None:
-                self._conn.close()
+            for conn in (self._reader, self._conn):
+                if conn is not None:
+                    conn.close()
             self._lock.release()
             raise
 
@@ -300,6 +380,17 @@ class SqliteJournal(Journal):
                 "untouched. Choose another journal path."
             )
         return conn
+
+    def _open_reader(self) -> sqlite3.Connection:
+        try:
+            reader = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+            reader.execute("PRAGMA query_only=1")
+            reader.execute(f"PRAGMA cache_size={-1024 * self.cache_mb}")
+        except sqlite3.Error as exc:
+            raise _journal_error("open", self.path, exc) from exc
+        return reader
 
     def _prepare(self, force: bool) -> None:
         conn = self._conn
@@ -465,6 +556,8 @@ class SqliteJournal(Journal):
             rows = self._lookup([keys[i] for i in unknown]) if unknown else {}
         now = time.time()
         if not rows and claim and len(unknown) == len(keys):  # all new: no per-key branches
+            if self._filter is not None:
+                self._filter.add(keys)
             inflight.update({key: [now, None, False] for key in keys})
             self._fresh += keys
             self._stats.started += len(keys)
@@ -494,6 +587,8 @@ class SqliteJournal(Journal):
                 inflight[key] = [now, db_state, False]
                 fresh.append(key)
         if claim:
+            if self._filter is not None:
+                self._filter.add([key for key, go in zip(keys, result, strict=True) if go])
             stats = self._stats
             stats.started += result.count(True)
             stats.skipped_done += skipped_done
@@ -501,8 +596,10 @@ class SqliteJournal(Journal):
         return result
 
     def _lookup(self, keys: list[Key]) -> dict[Key, tuple[str, int]]:
-        conn = self._conn
+        conn = self._reader
         assert conn is not None
+        if self._filter is not None:
+            keys = [keys[i] for i in self._filter.maybe(keys)]
         found: dict[Key, tuple[str, int]] = {}
         try:
             for chunk in _chunks(keys):
@@ -519,13 +616,19 @@ class SqliteJournal(Journal):
             self._check_usable()
             try:
                 self._record(batch)
-                if self._queued >= self.commit_items or time.monotonic() >= self._next_commit:
-                    self._commit(final=False)
+                queued = self._queued
+                if queued >= self.commit_items or time.monotonic() >= self._next_commit:
+                    if not self._commit_running():
+                        self._commit(final=False, background=self.commit_interval > 0)
+                    elif queued >= 2 * self.commit_items:  # bound the queue: wait for it
+                        self._commit(final=False, background=True)
             except BaseException as exc:
                 self._break(exc)
                 raise
 
     def _record(self, batch: Sequence[Record]) -> None:
+        if self._record_done(batch):
+            return
         inflight = self._inflight
         strays = [rec[0] for rec in batch if rec[0] not in inflight]
         if strays:  # recorded without mark_started: claim them now, or drop them as known
@@ -583,6 +686,50 @@ class SqliteJournal(Journal):
         done_wait.done += recorded - n_failed
         self._queued += recorded
 
+    def _record_done(self, batch: Sequence[Record]) -> bool:
+        """The usual batch, recorded column by column: every record done, claimed, not
+        recorded before, and writable. Returns False, having changed nothing, otherwise
+        (the general path in :meth:`_record` then handles it)."""
+        results = self._outputs.get(RESULTS)
+        if results is None or not batch:
+            return False
+        keys, states, attempts, _, _, payloads = zip(*batch, strict=True)
+        if states.count(DONE) != len(states) or len(set(keys)) != len(keys):
+            return False
+        entries = list(map(self._inflight.get, keys))
+        if None in entries or any(e[_RECORDED] is not False for e in entries):  # type: ignore[index]
+            return False
+        try:
+            rows = list(map(results.encode, payloads))
+        except UnwritableRecord:
+            return False
+        results.write(rows)
+        wait = self._waiting[RESULTS]
+        now = time.time()
+        wait.rows.extend(
+            zip(
+                keys,
+                repeat(DONE),
+                attempts,
+                repeat(None),
+                repeat(None),
+                repeat(self._run),
+                map(itemgetter(_STARTED), entries),  # type: ignore[arg-type]
+                repeat(now),
+            )
+        )
+        leaving = wait.leaving
+        for entry in entries:
+            assert entry is not None
+            entry[_RECORDED] = RESULTS
+            if entry[_DB_STATE] is not None:
+                leaving.append(entry[_DB_STATE])
+        n = len(batch)
+        wait.done += n
+        self._stats.recorded_done += n
+        self._queued += n
+        return True
+
     def flush(self) -> None:
         with self._mutex:
             self._check_usable()
@@ -592,7 +739,58 @@ class SqliteJournal(Journal):
                 self._break(exc)
                 raise
 
-    def _commit(self, *, final: bool, end_run: bool = False) -> None:
+    def _commit(self, *, final: bool, end_run: bool = False, background: bool = False) -> None:
+        """Commit what is recorded: outputs made durable here, the transaction written
+        here or, with ``background``, by a thread while records keep coming.
+
+        One commit is in flight at a time: a new one first waits for (and settles) the
+        last. Until a commit has settled, its keys stay in ``_inflight``, so a duplicate
+        input is still caught while the database does not show it yet.
+        """
+        self._settle()
+        job = self._prepare_commit(final=final, end_run=end_run)
+        self._job = job
+        if background:
+            job.thread = threading.Thread(
+                target=job.run, name="spindle-journal-commit", daemon=True
+            )
+            job.thread.start()
+        else:
+            job.run()
+            self._settle()
+
+    def _commit_running(self) -> bool:
+        job = self._job
+        return job is not None and job.thread is not None and job.thread.is_alive()
+
+    def _settle(self) -> None:
+        """Wait for the commit in flight; apply what it changed, or raise its error."""
+        job = self._job
+        if job is None:
+            return
+        if job.thread is not None:
+            job.thread.join()
+        self._job = None
+        if job.error is not None:
+            raise job.error
+        # Committed: only now forget what the database holds.
+        inflight = self._inflight
+        for entry in job.new_pending:
+            entry[_DB_STATE] = PENDING
+            if entry[_RECORDED] is not False:  # recorded, waiting for its output: when
+                self._waiting[entry[_RECORDED]].leaving.append(PENDING)  # it settles
+        deque(map(inflight.__delitem__, map(itemgetter(0), job.settled)), maxlen=0)
+        self._points.update(job.points)
+        self._generation += 1
+        # A commit rewrites about every index page it touches, so its cost grows with the
+        # journal while the interval stays the same: space commits so that they take at
+        # most _COMMIT_SHARE of the time (a commit_interval of 0 commits every record()).
+        now = time.monotonic()
+        spacing = job.seconds * (1 / _COMMIT_SHARE - 1)
+        self._next_commit = now + max(self.commit_interval, spacing) if self.commit_interval else 0
+
+    def _prepare_commit(self, *, final: bool, end_run: bool) -> _CommitJob:
+        """Make the outputs durable and gather the transaction that records it."""
         conn = self._conn
         assert conn is not None
         began = time.monotonic()
@@ -626,55 +824,33 @@ class SqliteJournal(Journal):
                 if entry[_DB_STATE] is None:
                     new_pending.append(entry)
         deltas[PENDING] += len(new_pending)
-        with contextlib.suppress(TypeError):  # mixed str and bytes keys cannot be sorted
-            settled.sort(key=itemgetter(0))  # fewer B-tree pages touched, in order
-        wall = time.time()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            if pending:
-                conn.executemany(_UPSERT_PENDING, pending)
-            if settled:
-                conn.executemany(_UPSERT_ITEM, settled)
-            conn.executemany(
-                "UPDATE outputs SET point = ? WHERE slot = ?",
-                [(point, slot) for slot, point in points.items() if point != self._points[slot]],
-            )
-            conn.executemany(
-                "UPDATE totals SET n = n + ? WHERE state = ?",
-                [(n, state) for state, n in deltas.items() if n],
-            )
-            conn.execute(
-                "UPDATE runs SET done = done + ?, failed = failed + ?, last_commit = ?,"
-                " ended = ? WHERE id = ?",
-                (done, failed, wall, wall if end_run else None, self._run),
-            )
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise _journal_error("write", self.path, exc) from exc
-            raise
-        # Committed: only now forget what the database holds.
-        for entry in new_pending:
-            entry[_DB_STATE] = PENDING
-            if entry[_RECORDED] is not False:  # recorded, waiting for its output: when
-                self._waiting[entry[_RECORDED]].leaving.append(PENDING)  # it settles
-        for row in settled:
-            del inflight[row[0]]
         for wait in settling:
             wait.clear()
-        self._points.update(points)
         self._fresh = []
         self._queued = 0
-        # A commit rewrites about every index page it touches, so its cost grows with the
-        # journal while the interval stays the same: space commits so that they take at
-        # most _COMMIT_SHARE of the time (a commit_interval of 0 commits every record()).
-        now = time.monotonic()
-        spacing = (now - began) * (1 / _COMMIT_SHARE - 1)
-        self._next_commit = now + max(self.commit_interval, spacing) if self.commit_interval else 0
         self._stats.commits += 1
+        wall = time.time()
+        job = _CommitJob(conn, self.path, began)
+        job.pending = pending
+        job.settled = settled
+        job.new_pending = new_pending
+        job.points = points
+        job.statements = [
+            (
+                "UPDATE outputs SET point = ? WHERE slot = ?",
+                [(pt, slot) for slot, pt in points.items() if pt != self._points[slot]],
+            ),
+            (
+                "UPDATE totals SET n = n + ? WHERE state = ?",
+                [(n, state) for state, n in deltas.items() if n],
+            ),
+            (
+                "UPDATE runs SET done = done + ?, failed = failed + ?, last_commit = ?,"
+                " ended = ? WHERE id = ?",
+                [(done, failed, wall, wall if end_run else None, self._run)],
+            ),
+        ]
+        return job
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -695,6 +871,9 @@ class SqliteJournal(Journal):
         behind the journal's point would lose records of done items.
         """
         self._broken = exc
+        job, self._job = self._job, None
+        if job is not None and job.thread is not None:
+            job.thread.join()  # the connection is free once its transaction has ended
         conn = self._conn
         if conn is None:
             return
@@ -715,6 +894,12 @@ class SqliteJournal(Journal):
         with self._mutex:
             if self._closed or self._conn is None:
                 return read_status(self.path)
+            if self._broken is None:
+                try:
+                    self._settle()  # what a commit in flight writes is part of the status
+                except BaseException as exc:
+                    self._break(exc)
+                    raise
             try:
                 return collect_status(
                     self._conn,
@@ -756,11 +941,15 @@ class SqliteJournal(Journal):
                         self._break(exc)
                         raise
             finally:
+                job, self._job = self._job, None
+                if job is not None and job.thread is not None:
+                    job.thread.join()  # interrupted while waiting for it: let it end
                 for out in self._outputs.values():
                     with contextlib.suppress(Exception):
                         out.close()
-                if self._conn is not None:
-                    self._conn.close()
+                for conn in (self._reader, self._conn):
+                    if conn is not None:
+                        conn.close()
                 self._lock.release()
 
     def __repr__(self) -> str:

@@ -151,10 +151,14 @@ def make_output(fmt: str, directory: Path, fuse: Fuse, min_rows: int) -> Output[
 
 def abandon(journal: SqliteJournal) -> None:
     """Release what a dead process would lose, and nothing else: no commit, no cleanup."""
+    job = journal._job
+    if job is not None and job.thread is not None:
+        job.thread.join()  # a commit in flight: the crash lands after it, or in it
     for out in journal._outputs.values():
         out.close()
-    if journal._conn is not None:
-        journal._conn.close()
+    for conn in (journal._reader, journal._conn):
+        if conn is not None:
+            conn.close()
     journal._lock.release()
     journal._closed = True
 

@@ -233,6 +233,7 @@ def test_commit_items_triggers_a_commit(tmp_path: Path) -> None:
         j.record([done("c")])
         assert j.stats().commits == 1
         j.record([done("d")])
+        j.summary()  # waits for the commit in flight (it runs in a thread)
         # d was in flight at that commit: written as pending, so status shows it
         assert journal_states(tmp_path / "journal.db") == {
             **dict.fromkeys("abc", "done"),
