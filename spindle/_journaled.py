@@ -48,14 +48,14 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import compress, islice
 from pathlib import Path
 from typing import Any, Protocol
 
 import click
 import orjson
 
-from ._core.pipeline import Pipeline, Results, Service
+from ._core.pipeline import ChunkedSource, Pipeline, Results, Service
 from ._errors import ConfigError, SpindleError
 from ._failure import Failure
 from ._records import Items
@@ -336,8 +336,9 @@ class _Claimer:
         #: id(input) -> key, for the items in flight (filled here, emptied by the caller).
         self.keys: dict[int, Key] = {}
 
-    def claimed(self, items: Iterable[Any]) -> Iterator[Any]:
-        """The items to run: read, keyed, claimed; done ones and duplicates left out."""
+    def claimed(self, items: Iterable[Any]) -> Iterator[list[Any]]:
+        """The items to run, a chunk at a time: read, keyed, claimed; done ones and
+        duplicates left out."""
         it = iter(items)
         key, keys = self.key, self.keys
         mark_started = self.journal.mark_started
@@ -350,10 +351,12 @@ class _Claimer:
             except Exception:
                 batch_keys, tags = self._keys_one_by_one(batch)
             run = mark_started(batch_keys)
-            for x, tag, k, go in zip(batch, tags, batch_keys, run, strict=True):
-                if go:
-                    keys[id(tag)] = k
-                    yield x
+            if all(run):
+                keys.update(zip(map(id, tags), batch_keys, strict=True))
+                yield batch
+                continue
+            keys.update(zip(map(id, compress(tags, run)), compress(batch_keys, run), strict=True))
+            yield list(compress(batch, run))
 
     def _keys_one_by_one(self, batch: list[Any]) -> tuple[list[Key], list[Any]]:
         """Keys of a batch that holds malformed inputs or inputs the key function fails
@@ -387,32 +390,54 @@ def _record_results(
     pop = keys.pop
     record = journal.record
     clock = time.monotonic
-    pending: list[Record] = []
-    append = pending.append
+    pending: list[Record] = []  # failures, and results of chunks that hold failures
+    done_keys: list[Key] = []  # results of chunks without failures, column by column
+    done_payloads: list[Any] = []
     done = failed = 0
     due = clock() + RECORD_DELAY
     try:
-        for item, value in results:
-            key = pop(id(item))
-            if type(value) is Failure:
-                payload = value.to_dict()
-                payload["input"] = item
-                payload["key"] = key_text(key)
-                append(Record(key, "failed", value.attempts, value.error, value.message, payload))
-                failed += 1
+        for chunk in results.chunks():
+            inputs = [pair[0] for pair in chunk]
+            values = [pair[1] for pair in chunk]
+            chunk_keys = list(map(pop, map(id, inputs)))
+            if Failure not in map(type, values):  # the usual chunk: all done
+                done_keys += chunk_keys
+                done_payloads += [{"input": i, "result": v} for i, v in chunk]
+                done += len(chunk)
             else:
-                append(Record(key, "done", 1, None, None, {"input": item, "result": value}))
-                done += 1
-            if len(pending) >= batch or clock() >= due:
-                chunk, pending = pending, []
-                append = pending.append
-                record(chunk)
+                for key, item, value in zip(chunk_keys, inputs, values, strict=True):
+                    if type(value) is Failure:
+                        payload = value.to_dict()
+                        payload["input"] = item
+                        payload["key"] = key_text(key)
+                        error, message = value.error, value.message
+                        pending.append(
+                            Record(key, "failed", value.attempts, error, message, payload)
+                        )
+                        failed += 1
+                    else:
+                        pending.append(
+                            Record(key, "done", 1, None, None, {"input": item, "result": value})
+                        )
+                        done += 1
+            if len(pending) + len(done_keys) >= batch or clock() >= due:
+                if done_keys:
+                    journal.record_done(done_keys, done_payloads)
+                    done_keys, done_payloads = [], []
+                if pending:
+                    out, pending = pending, []
+                    record(out)
                 due = clock() + RECORD_DELAY
     finally:
         outcome.done += done
         outcome.failed += failed
-        if pending:  # what came back before a stop, an error or a second Ctrl-C
-            with contextlib.suppress(SpindleError):  # a broken journal keeps its last commit
+        # What came back before a stop, an error or a second Ctrl-C; a broken journal
+        # keeps its last commit.
+        if done_keys:
+            with contextlib.suppress(SpindleError):
+                journal.record_done(done_keys, done_payloads)
+        if pending:
+            with contextlib.suppress(SpindleError):
                 record(pending)
 
 
@@ -436,7 +461,9 @@ def _drive(
     """
     claimer = _Claimer(journal, key, fallback, batch)
     outcome = RunOutcome()
-    results = pipeline.run(claimer.claimed(items), with_inputs=True, total=total, services=services)
+    results = pipeline.run(
+        ChunkedSource(claimer.claimed(items)), with_inputs=True, total=total, services=services
+    )
     guard = signals(results, grace) if signals is not None else None
     try:
         try:

@@ -616,19 +616,36 @@ class SqliteJournal(Journal):
             self._check_usable()
             try:
                 self._record(batch)
-                queued = self._queued
-                if queued >= self.commit_items or time.monotonic() >= self._next_commit:
-                    if not self._commit_running():
-                        self._commit(final=False, background=self.commit_interval > 0)
-                    elif queued >= 2 * self.commit_items:  # bound the queue: wait for it
-                        self._commit(final=False, background=True)
+                self._maybe_commit()
             except BaseException as exc:
                 self._break(exc)
                 raise
 
+    def record_done(self, keys: Sequence[Key], payloads: Sequence[Any]) -> None:
+        with self._mutex:
+            self._check_usable()
+            try:
+                if not self._record_columns(keys, payloads):
+                    pairs = zip(keys, payloads, strict=True)
+                    self._record([Record(k, DONE, 1, None, None, p) for k, p in pairs])
+                self._maybe_commit()
+            except BaseException as exc:
+                self._break(exc)
+                raise
+
+    def _maybe_commit(self) -> None:
+        queued = self._queued
+        if queued >= self.commit_items or time.monotonic() >= self._next_commit:
+            if not self._commit_running():
+                self._commit(final=False, background=self.commit_interval > 0)
+            elif queued >= 2 * self.commit_items:  # bound the queue: wait for it
+                self._commit(final=False, background=True)
+
     def _record(self, batch: Sequence[Record]) -> None:
-        if self._record_done(batch):
-            return
+        if batch and all(rec[1] == DONE and rec[2] == 1 for rec in batch):
+            keys, _, _, _, _, payloads = zip(*batch, strict=True)
+            if self._record_columns(keys, payloads):
+                return
         inflight = self._inflight
         strays = [rec[0] for rec in batch if rec[0] not in inflight]
         if strays:  # recorded without mark_started: claim them now, or drop them as known
@@ -686,15 +703,12 @@ class SqliteJournal(Journal):
         done_wait.done += recorded - n_failed
         self._queued += recorded
 
-    def _record_done(self, batch: Sequence[Record]) -> bool:
-        """The usual batch, recorded column by column: every record done, claimed, not
-        recorded before, and writable. Returns False, having changed nothing, otherwise
-        (the general path in :meth:`_record` then handles it)."""
+    def _record_columns(self, keys: Sequence[Key], payloads: Sequence[Any]) -> bool:
+        """The usual batch, recorded column by column: every item done at its first
+        attempt, claimed, not recorded before, and writable. Returns False, having
+        changed nothing, otherwise (the general path in :meth:`_record` handles it)."""
         results = self._outputs.get(RESULTS)
-        if results is None or not batch:
-            return False
-        keys, states, attempts, _, _, payloads = zip(*batch, strict=True)
-        if states.count(DONE) != len(states) or len(set(keys)) != len(keys):
+        if results is None or not keys or len(set(keys)) != len(keys):
             return False
         entries = list(map(self._inflight.get, keys))
         if None in entries or any(e[_RECORDED] is not False for e in entries):  # type: ignore[index]
@@ -710,7 +724,7 @@ class SqliteJournal(Journal):
             zip(
                 keys,
                 repeat(DONE),
-                attempts,
+                repeat(1),
                 repeat(None),
                 repeat(None),
                 repeat(self._run),
@@ -724,7 +738,7 @@ class SqliteJournal(Journal):
             entry[_RECORDED] = RESULTS
             if entry[_DB_STATE] is not None:
                 leaving.append(entry[_DB_STATE])
-        n = len(batch)
+        n = len(keys)
         wait.done += n
         self._stats.recorded_done += n
         self._queued += n
