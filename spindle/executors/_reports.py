@@ -121,12 +121,14 @@ class Reporter:
 
     def _give_up(self) -> None:
         self.fn = None
-        print(
-            f"spindle: the reporter of stage {self.stage!r} failed in a worker; this worker "
-            "sends no more reports (the run goes on):",
-            file=sys.stderr,
-        )
-        traceback.print_exc()
+        # A worker whose stderr is closed runs on all the same.
+        with contextlib.suppress(OSError, ValueError):
+            print(
+                f"spindle: the reporter of stage {self.stage!r} failed in a worker; this "
+                "worker sends no more reports (the run goes on):",
+                file=sys.stderr,
+            )
+            traceback.print_exc()
 
 
 def state_or_none(state: Any, unset: Any) -> Any:

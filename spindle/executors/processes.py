@@ -139,6 +139,10 @@ class _Worker:
         self.index = index
         self.pid = pid
         self.sock = sock
+        #: The socket's descriptor number, kept: once the transport has closed the
+        #: socket, ``sock.fileno()`` is -1 and could no longer be taken out of
+        #: ``_PARENT_FDS``, whose stale numbers forked children would then close.
+        self.fd = sock.fileno()
         self.progress = progress
         self.timer: asyncio.TimerHandle | None = None
         self.timed_out: tuple[int, int] | None = None
@@ -354,7 +358,7 @@ class _Worker:
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
-        _PARENT_FDS.discard(self.sock.fileno())
+        _PARENT_FDS.discard(self.fd)
         if self.transport is not None:
             self.transport.close()
         else:
@@ -840,7 +844,7 @@ class ProcessExecutor(Executor):
             w.kill()
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(w.pid, 0)  # noqa: ASYNC222 - SIGKILLed: returns at once
-            _PARENT_FDS.discard(w.sock.fileno())
+            _PARENT_FDS.discard(w.fd)
             w.sock.close()
             if w.progress is not None:
                 w.progress.close()

@@ -116,6 +116,10 @@ def fetch(
             records.
         name: the stage's name in stats and failure records.
 
+    A run's snapshot (``pipeline.snapshot()``) gets ``hosts``: per ``host:port``
+    the requests, errors, mean latency and current concurrency limit, added up over
+    the workers, complete once the run has ended.
+
     The other arguments are those of :class:`FetchOptions` (``per_host``,
     ``rate``, ``robots``, ``retries``, timeouts, ``max_bytes``, ``save_dir``...),
     with the same defaults. A Response's body crosses to the parse stage's
