@@ -339,10 +339,16 @@ class _Claimer:
     def claimed(self, items: Iterable[Any]) -> Iterator[list[Any]]:
         """The items to run, a chunk at a time: read, keyed, claimed; done ones and
         duplicates left out."""
-        it = iter(items)
         key, keys = self.key, self.keys
         mark_started = self.journal.mark_started
-        while batch := list(islice(it, self.chunk)):
+        if isinstance(items, Items) and items.chunkable():
+            batches: Iterable[list[Any]] = items.chunks()  # a file: read a block at a time
+        else:
+            it = iter(items)
+            batches = iter(lambda: list(islice(it, self.chunk)), [])
+        for batch in batches:
+            if not batch:
+                continue
             tags = batch
             try:  # the usual case: every input parsed and keyed, in one pass
                 if Failure in map(type, batch):

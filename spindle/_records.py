@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import io
 import os
+import stat
 import sys
 from collections.abc import Generator, Iterator
 from typing import IO, Any
@@ -62,23 +64,65 @@ class Items(Iterator[Any]):
         return next(self._gen)
 
     def _read(self) -> Generator[Any, None, None]:
-        jsonl = self.fmt == "jsonl"
         for n, raw in enumerate(self._file, 1):
-            line = raw.rstrip(b"\r\n")
+            yield from self._parse(raw, n)
+
+    def _parse(self, raw: bytes, n: int) -> Iterator[Any]:
+        """The record of line ``n``: nothing for a blank JSON line, a Failure if bad."""
+        line = raw.rstrip(b"\r\n")
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield _malformed(line.decode("utf-8", "replace"), n, f"not valid UTF-8 ({exc})")
+            return
+        if self.fmt != "jsonl":
+            yield text
+            return
+        if not text.strip():
+            return
+        try:
+            yield orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield _malformed(text, n, f"not valid JSON ({exc})")
+
+    def chunkable(self) -> bool:
+        """Whether :meth:`chunks` may be used: a regular file, which never blocks.
+
+        A pipe or a terminal is read line by line instead, so that each line runs as
+        soon as it arrives rather than when a block of them has filled.
+        """
+        try:
+            return stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return False
+
+    def chunks(self, size_hint: int = 1 << 16) -> Iterator[list[Any]]:
+        """The records in lists, a block of lines at a time (see :meth:`chunkable`).
+
+        A block whose lines are all well-formed is parsed in one pass; one with a bad
+        line is parsed line by line, so that each bad line becomes its own Failure.
+        """
+        jsonl = self.fmt == "jsonl"
+        n = 0
+        while lines := self._file.readlines(size_hint):
             try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield _malformed(line.decode("utf-8", "replace"), n, f"not valid UTF-8 ({exc})")
-                continue
-            if not jsonl:
-                yield text
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield _malformed(text, n, f"not valid JSON ({exc})")
+                texts = [raw.rstrip(b"\r\n").decode("utf-8") for raw in lines]
+                if not jsonl:
+                    n += len(lines)
+                    yield texts
+                    continue
+                if "" not in texts:
+                    values = list(map(orjson.loads, texts))
+                    n += len(lines)
+                    yield values
+                    continue
+            except (UnicodeDecodeError, orjson.JSONDecodeError):
+                pass
+            chunk: list[Any] = []
+            for raw in lines:
+                n += 1
+                chunk.extend(self._parse(raw, n))
+            yield chunk
 
     def close(self) -> None:
         self._gen.close()
@@ -145,18 +189,39 @@ class RecordWriter:
         except OSError as exc:
             raise OutputError(f"cannot write to {path!r}: {exc.strerror or exc}") from exc
 
+    #: What a result that cannot be written as JSON should be instead.
+    unwritable_hint = "return str, numbers, lists, dicts or dataclasses"
+
+    def record(self, item: Any, value: Any) -> Any:
+        """The JSON object written for one result."""
+        return {"input": item, "result": value}
+
     def result(self, item: Any, value: Any) -> None:
         try:
-            data = orjson.dumps({"input": item, "result": value}, default=_default, option=_OPTS)
+            data = orjson.dumps(self.record(item, value), default=_default, option=_OPTS)
         except TypeError as exc:
             msg = (
                 f"the result for input {short_repr(item)} cannot be written as JSON ({exc}); "
-                "return str, numbers, lists, dicts or dataclasses"
+                f"{self.unwritable_hint}"
             )
             self.failure(Failure(item, "Unserializable", msg, "", 1, "output"), item)
             return
         self._write(self._out, data, self.path)
         self.written += 1
+
+    def results(self, pairs: list[tuple[Any, Any]]) -> None:
+        """Write ``(input, result)`` pairs, none of them a failure: one write for all."""
+        record = self.record
+        try:
+            data = b"".join(
+                [orjson.dumps(record(i, v), default=_default, option=_OPTS) for i, v in pairs]
+            )
+        except TypeError:  # one of them cannot be written: each on its own
+            for i, v in pairs:
+                self.result(i, v)
+            return
+        self._write(self._out, data, self.path)
+        self.written += len(pairs)
 
     def failure(self, failure: Failure, item: Any) -> None:
         if self._failures is None:

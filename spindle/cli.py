@@ -5,19 +5,19 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import FrameType
 from typing import IO, Any
 
 import click
 
-from ._core.pipeline import Pipeline, Results
+from ._core.pipeline import ChunkedSource, Pipeline, Results
 from ._core.stage import KINDS, make_stage, parse_bytes
 from ._errors import SpindleError
 from ._failure import Failure
 from ._journaled import check_journal_options, open_map_journal, status_report
 from ._loading import load_function
-from ._records import RecordWriter, read_items
+from ._records import Items, RecordWriter, read_items
 from ._report import Observers, Summary
 
 
@@ -302,18 +302,25 @@ def _drive(
 ) -> int:
     """Run the pipeline, write every record, show progress; return the exit status."""
     summary = Summary(time.monotonic())
-    results = pipeline.run(source, with_inputs=True, total=total, services=view.services())
+    feed: Iterable[Any] = source
+    if isinstance(source, Items) and source.chunkable():
+        feed = ChunkedSource(source.chunks())  # a file: a block of lines at a time
+    results = pipeline.run(feed, with_inputs=True, total=total, services=view.services())
     signals = _Signals(results, grace)
     stopped_at_once = False
     try:
         with signals, writer:
-            for item, value in results:
-                if type(value) is Failure:
-                    writer.failure(value, item)
-                    summary.failed += 1
+            for chunk in results.chunks():
+                if Failure not in map(type, [pair[1] for pair in chunk]):
+                    writer.results(chunk)
                 else:
-                    writer.result(item, value)
-                summary.done += 1
+                    for item, value in chunk:
+                        if type(value) is Failure:
+                            writer.failure(value, item)
+                            summary.failed += 1
+                        else:
+                            writer.result(item, value)
+                summary.done += len(chunk)
     except KeyboardInterrupt:
         stopped_at_once = True
     except SpindleError as exc:

@@ -35,14 +35,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
-import orjson
 
 from spindle._core.pipeline import Pipeline
 from spindle._core.stage import Stage, make_stage, parse_bytes
 from spindle._errors import ConfigError, SpindleError
-from spindle._failure import Failure, short_repr
+from spindle._failure import Failure
 from spindle._loading import load_function
-from spindle._records import _OPTS, Items, RecordWriter, _default, read_items
+from spindle._records import Items, RecordWriter, read_items
 from spindle._report import Observers
 
 from ._errors import FetchFailed
@@ -283,18 +282,10 @@ class ParseRecord:
 class FetchWriter(RecordWriter):
     """Writes each record as it is (it names its URL) and failures with their reason."""
 
-    def result(self, item: Any, value: Any) -> None:
-        try:
-            data = orjson.dumps(value, default=_default, option=_OPTS)
-        except TypeError as exc:
-            msg = (
-                f"the record for {short_repr(item)} cannot be written as JSON ({exc}); the "
-                "parse function must return str, numbers, lists, dicts or dataclasses"
-            )
-            self.failure(Failure(item, "Unserializable", msg, "", 1, "output"), item)
-            return
-        self._write(self._out, data, self.path)
-        self.written += 1
+    unwritable_hint = "the parse function must return str, numbers, lists, dicts or dataclasses"
+
+    def record(self, item: Any, value: Any) -> Any:
+        return value
 
     def failure(self, failure: Failure, item: Any) -> None:
         super().failure(_with_reason(failure, item), item)
