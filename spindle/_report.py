@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import click
 import orjson
 
 from ._core.pipeline import Service
@@ -17,6 +18,52 @@ from .observe.dashboard import serve_dashboard
 from .observe.display import LiveDisplay
 from .observe.prometheus import serve_metrics
 from .observe.report import render_text, to_json
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The options of every command that runs a pipeline, for what the run shows beyond
+#: the live display; the command passes them to :class:`Observers`.
+_OBSERVE_OPTIONS = [
+    click.option(
+        "--stats-json",
+        type=click.Path(dir_okay=False, writable=True),
+        help="Write the final report as JSON to this file.",
+    ),
+    click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        help="Serve Prometheus metrics on this port (127.0.0.1) during the run.",
+    ),
+    click.option(
+        "--dashboard",
+        "dashboard_port",
+        type=click.IntRange(0, 65535),
+        is_flag=False,
+        flag_value=0,
+        default=None,
+        metavar="[PORT]",
+        help="Serve a live dashboard (on PORT, or a free port) during the run.",
+    ),
+    click.option(
+        "--dashboard-host",
+        default="127.0.0.1",
+        show_default=True,
+        help="Address the dashboard and metrics bind to; beyond loopback needs a token.",
+    ),
+    click.option(
+        "--dashboard-token",
+        envvar="SPINDLE_DASHBOARD_TOKEN",
+        help="Token required on every dashboard/metrics request.",
+    ),
+]
+
+
+def observe_options(command: F) -> F:
+    """Add ``--stats-json``, ``--metrics-port``, ``--dashboard``, ``--dashboard-host``
+    and ``--dashboard-token`` to a command."""
+    for option in reversed(_OBSERVE_OPTIONS):
+        command = option(command)
+    return command
 
 
 def _count(n: float) -> str:

@@ -18,7 +18,7 @@ from ._failure import Failure
 from ._journaled import check_journal_options, open_map_journal, status_report
 from ._loading import load_function
 from ._records import Items, RecordWriter, read_items
-from ._report import Observers, Summary
+from ._report import Observers, Summary, observe_options
 
 
 class UsageProblem(click.ClickException):
@@ -95,37 +95,7 @@ def main() -> None:
     help="Seconds jobs in flight get to finish after Ctrl-C or SIGTERM.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress display and no final report.")
-@click.option(
-    "--stats-json",
-    type=click.Path(dir_okay=False, writable=True),
-    help="Write the final report as JSON to this file.",
-)
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(0, 65535),
-    help="Serve Prometheus metrics on this port (127.0.0.1) during the run.",
-)
-@click.option(
-    "--dashboard",
-    "dashboard_port",
-    type=click.IntRange(0, 65535),
-    is_flag=False,
-    flag_value=0,
-    default=None,
-    metavar="[PORT]",
-    help="Serve a live dashboard (on PORT, or a free port) during the run.",
-)
-@click.option(
-    "--dashboard-host",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address the dashboard and metrics bind to; beyond loopback needs a token.",
-)
-@click.option(
-    "--dashboard-token",
-    envvar="SPINDLE_DASHBOARD_TOKEN",
-    help="Token required on every dashboard/metrics request.",
-)
+@observe_options
 @click.option(
     "--journal",
     metavar="PATH",

@@ -7,18 +7,23 @@ receives, so the snapshot's ``hosts`` rows are checked against the servers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
 import re
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 import spindle
 from spindle.jobs.fetch import fetch
 from spindle.jobs.fetch._stage import MAX_HOST_ROWS, OTHER_HOSTS, merge_hosts
+from spindle.observe import serve_dashboard
 
 from ._http import Server, status
 from ._leftovers import no_stray_threads_or_children  # noqa: F401 - a fixture
@@ -103,25 +108,74 @@ async def test_a_host_fetched_by_two_workers_is_added_up(serve) -> None:
 
 
 @pytest.mark.asyncio
-async def test_fetch_command_prints_the_hosts_section(serve, tmp_path: Path) -> None:
+async def test_fetch_command_reports_hosts_as_text_and_json(serve, tmp_path: Path) -> None:
     a, b = [await serve({"/page/{n}": page}) for _ in range(2)]
     urls = [a.url(f"/page/{n}") for n in range(5)] + [b.url(f"/page/{n}") for n in range(9)]
     await asyncio.to_thread((tmp_path / "urls.txt").write_text, "\n".join(urls) + "\n")
 
     code, _, err = await spindle_fetch(
-        "urls.txt", "-o", "out.jsonl", "--workers", "2", "--per-host", "3", cwd=tmp_path
-    )
+        "urls.txt", "-o", "out.jsonl", "--workers", "2", "--per-host", "3",
+        "--stats-json", "stats.json", cwd=tmp_path,
+    )  # fmt: skip
 
     assert code == 0, err
+    assert (a.count("/robots.txt"), a.count(), b.count()) == (1, 6, 10)  # robots.txt too
     assert "hosts:" in err
     table = err.split("hosts:", 1)[1]
+    stats = json.loads(await asyncio.to_thread((tmp_path / "stats.json").read_text))
+    rows = {r["host"]: r for r in stats["hosts"]}
+    assert len(rows) == 2
     for server in (a, b):
-        match = re.search(
-            rf"^\s+{re.escape(host_of(server.origin + '/'))}\s+(\d+)\s+(\d+)\s", table, re.M
-        )
-        assert match is not None, table
-        assert (int(match[1]), int(match[2])) == (server.count(), 0)
-    assert (a.count("/robots.txt"), a.count(), b.count()) == (1, 6, 10)  # robots.txt too
+        host = host_of(server.origin + "/")
+        line = re.search(rf"^\s+{re.escape(host)}\s+(\d+)\s+(\d+)\s", table, re.M)
+        assert line is not None, table
+        assert (int(line[1]), int(line[2])) == (server.count(), 0)
+        assert (rows[host]["requests"], rows[host]["errors"]) == (server.count(), 0)
+        assert rows[host]["limit"] == 3 and rows[host]["latency_mean"] > 0
+
+
+@pytest.mark.asyncio
+async def test_the_dashboard_shows_hosts_while_the_run_goes_on(serve) -> None:
+    held = asyncio.Event()
+
+    async def hold(request: web.Request) -> web.StreamResponse:
+        await held.wait()
+        return web.Response(text="late")
+
+    a = await serve({"/page/{n}": page, "/hold": hold})
+    b = await serve({"/page/{n}": page})
+    urls = [a.url(f"/page/{n}") for n in range(4)] + [b.url(f"/page/{n}") for n in range(6)]
+    urls.append(a.url("/hold"))  # keeps the run going until the test has seen the rows
+    addresses: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def dashboard(snapshot: Any) -> AsyncIterator[str]:
+        async with serve_dashboard(snapshot, port=0) as url:
+            addresses.append(url)
+            yield url
+
+    pipeline = spindle.Pipeline([fetch(workers=2, concurrency=8, **QUICK)], ordered=False)
+    run = asyncio.create_task(_collect(pipeline.arun(urls, services=[dashboard])))
+    expected = {host_of(a.origin + "/"): 5, host_of(b.origin + "/"): 6}
+    seen: dict[str, int] = {}
+    try:
+        async with aiohttp.ClientSession() as http, asyncio.timeout(30):
+            # Workers report about once a second: look until their reports arrive.
+            while seen != expected:
+                if addresses:
+                    async with http.get(addresses[0] + "api/snapshot") as response:
+                        snap = await response.json()
+                    seen = {h["host"]: h["requests"] for h in snap.get("hosts", [])}
+                await asyncio.sleep(0.1)
+        assert not run.done()  # seen during the run, not after it
+    finally:
+        held.set()
+        results = await run
+    assert len(results) == len(urls)
+
+
+async def _collect(results: AsyncIterator[Any]) -> list[Any]:
+    return [r async for r in results]
 
 
 def test_merge_adds_rows_up_and_keeps_the_busiest_hosts() -> None:

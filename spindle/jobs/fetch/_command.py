@@ -42,7 +42,7 @@ from spindle._errors import ConfigError, SpindleError
 from spindle._failure import Failure
 from spindle._loading import load_function
 from spindle._records import Items, RecordWriter, read_items
-from spindle._report import Observers
+from spindle._report import Observers, observe_options
 
 from ._errors import FetchFailed
 from ._limits import raise_nofile_limit
@@ -132,6 +132,7 @@ _DEFAULTS = FetchOptions()
     help="Seconds requests in flight get to finish after Ctrl-C or SIGTERM.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress display and no final report.")
+@observe_options
 def fetch_command(
     urls_path: str,
     output: str,
@@ -148,6 +149,11 @@ def fetch_command(
     user_agent: str,
     grace: float,
     quiet: bool,
+    stats_json: str | None,
+    metrics_port: int | None,
+    dashboard_port: int | None,
+    dashboard_host: str,
+    dashboard_token: str | None,
 ) -> None:
     """Fetch every URL listed in URLS (a file, or - for stdin), one per line.
 
@@ -155,9 +161,10 @@ def fetch_command(
     in OUTPUT; a URL that cannot be fetched (invalid, refused, timed out after its
     retries, too large, disallowed by robots.txt) goes to OUTPUT.failures.jsonl with
     the reason and makes the exit status 1. Any HTTP answer, 404 included, is a
-    record: check its status. The first Ctrl-C (or SIGTERM) stops taking new URLs
-    and lets requests in flight finish for --grace seconds; a second one stops at
-    once.
+    record: check its status. The final report (and --stats-json, the metrics and
+    the --dashboard) shows each host's requests, errors, mean latency and current
+    limit. The first Ctrl-C (or SIGTERM) stops taking new URLs and lets requests in
+    flight finish for --grace seconds; a second one stops at once.
     """
     from spindle import cli  # here, not at the top: spindle.cli imports this module
 
@@ -189,7 +196,14 @@ def fetch_command(
             pipeline,
             urls(items),
             writer,
-            view=Observers(quiet=quiet),
+            view=Observers(
+                quiet=quiet,
+                stats_json=stats_json,
+                metrics_port=metrics_port,
+                dashboard_port=dashboard_port,
+                host=dashboard_host,
+                token=dashboard_token,
+            ),
             total=items.total,
             grace=grace,
         )
