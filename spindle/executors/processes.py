@@ -647,7 +647,9 @@ class ProcessExecutor(Executor):
         """Key affinity: the worker whose slot owns the item's key on the hash ring.
 
         When that worker is not usable (it is being replaced), the next slot on the
-        ring takes the key, so a dead worker's keys move to one neighbour only.
+        ring takes the key, so a dead worker's keys move to one neighbour only. A key
+        ``(key, i)`` spreads one key over several workers: it goes to the i-th usable
+        slot in the key's ring order (modulo the usable workers).
         """
         assert self._ring is not None and self.stage.route is not None
         try:
@@ -655,9 +657,17 @@ class ProcessExecutor(Executor):
         except Exception:
             return None
         usable = {w.index: w for w in self._workers if w.usable}
+        if not usable:
+            return None
+        share = 0
+        if type(key) is tuple and len(key) == 2 and type(key[1]) is int:
+            key, share = key  # the share-th usable slot in the key's ring order
+            share %= len(usable)
         for slot in self._ring.walk(key):
             if slot in usable:
-                return usable[slot]
+                if not share:
+                    return usable[slot]
+                share -= 1
         return None
 
     async def _pick(self, items: list[Any]) -> _Worker:

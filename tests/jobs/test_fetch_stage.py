@@ -20,7 +20,7 @@ from aiohttp import web
 import spindle
 from spindle._core.stage import cpu_count
 from spindle.jobs.fetch import FetchOptions, Response, fetch
-from spindle.jobs.fetch._stage import host_of
+from spindle.jobs.fetch._stage import host_of, host_shards
 
 from ._http import Server, status
 from ._leftovers import no_stray_threads_or_children  # noqa: F401 - a fixture
@@ -108,8 +108,9 @@ class Groups:
     groups exactly; a second client of the same host would push more requests in
     while a group is held, which the server's meter records."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, wait: float = 10.0) -> None:
         self.size = size
+        self.wait = wait
         self.arrived = 0
         self.groups: dict[int, asyncio.Event] = {}
 
@@ -120,7 +121,7 @@ class Groups:
         if self.arrived % self.size == 0:
             done.set()
         try:
-            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.wait_for(done.wait(), self.wait)
         except TimeoutError:
             pass  # the test's assertions report a group that never filled
         return page(request)
@@ -205,13 +206,35 @@ def test_concurrency_is_the_total_shared_by_the_workers() -> None:
 def test_options_are_those_of_fetch_options_with_the_same_defaults() -> None:
     parameters = inspect.signature(fetch).parameters
     defaults = FetchOptions()
-    for name in FetchOptions.__dataclass_fields__:
+    chosen = set(FetchOptions.__dataclass_fields__) - {"host_shards"}  # the stage sets it
+    for name in chosen:
         assert parameters[name].default == getattr(defaults, name), name
-    assert set(parameters) - set(FetchOptions.__dataclass_fields__) == {
+    assert set(parameters) - chosen == {
         "workers",
         "response",
         "name",
     }
+
+
+@pytest.mark.asyncio
+async def test_a_host_without_spacing_is_shared_by_the_workers_within_per_host(serve) -> None:
+    per_host = 4
+    # Groups that do not fill (the two shares of the URLs differ) go after 0.2 s.
+    server = await serve({"/page/{n}": Groups(per_host, wait=0.2).handle})
+    urls = [server.url(f"/page/{n}") for n in range(40)]
+    stage = fetch(workers=2, concurrency=20, per_host=per_host, **QUICK)
+    pipeline = spindle.Pipeline([stage], ordered=False, on_error="yield")
+    values = [value async for value in pipeline.arun(urls)]
+
+    assert all(isinstance(value, dict) and value["status"] == 200 for value in values)
+    assert server.count() == len(urls)
+    assert server.meter.max_in_flight == per_host  # reached, never passed
+    workers = pipeline.snapshot()["workers"]
+    assert len(workers) == 2 and all(w["jobs"] > 0 for w in workers)  # both fetched it
+    assert host_shards(FetchOptions(robots=False, per_host=per_host), 2) == 2
+    assert host_shards(FetchOptions(robots=True, per_host=per_host), 2) == 1
+    assert host_shards(FetchOptions(robots=False, rate=5.0, per_host=per_host), 2) == 1
+    assert host_shards(FetchOptions(robots=False, per_host=3), 2) == 1  # no equal shares
 
 
 @pytest.mark.parametrize(

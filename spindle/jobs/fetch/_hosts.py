@@ -34,7 +34,8 @@ class Host:
 
     def __init__(self, key: str, options: FetchOptions) -> None:
         self.key = key
-        self.limiter = AdaptiveLimit(options.per_host)
+        self.limiter = AdaptiveLimit(options.per_host_share)
+        self.shards = options.host_shards
         #: Held while a request waits for its start time, so starts stay in order.
         self.gate = asyncio.Lock()
         #: Held while robots.txt is fetched, so it is fetched once.
@@ -58,8 +59,9 @@ class Host:
 
     @property
     def interval(self) -> float:
-        """Seconds between two request starts to this host now."""
-        return max(self._rate_interval, self._robots_interval, self._penalty)
+        """Seconds between two request starts to this host now (from this Fetcher:
+        when several share the host, each spaces its starts that many times more)."""
+        return max(self._rate_interval, self._robots_interval, self._penalty) * self.shards
 
     @property
     def dead_reason(self) -> str:

@@ -42,6 +42,10 @@ class FetchOptions:
         max_redirects: redirects followed before giving up.
         save_dir: when set, bodies are streamed to files in this directory
             instead of being kept in memory.
+        host_shards: Fetchers (worker processes) that share each host. Each takes
+            its share of ``per_host`` (``per_host // host_shards``, at least 1) and
+            spaces its request starts ``host_shards`` times further apart, so the
+            host sees the same totals. Set by the fetch stage; 1 in a lone Fetcher.
     """
 
     concurrency: int = 100
@@ -58,10 +62,12 @@ class FetchOptions:
     max_bytes: int = 10 * 2**20
     max_redirects: int = 10
     save_dir: str | None = None
+    host_shards: int = 1
 
     def __post_init__(self) -> None:
         _at_least("concurrency", self.concurrency, 1)
         _at_least("per_host", self.per_host, 1)
+        _at_least("host_shards", self.host_shards, 1)
         _at_least("retries", self.retries, 0)
         _at_least("breaker", self.breaker, 1)
         _at_least("max_bytes", self.max_bytes, 0)
@@ -79,6 +85,11 @@ class FetchOptions:
             )
         if not self.user_agent or "\n" in self.user_agent or "\r" in self.user_agent:
             raise ConfigError("user_agent must be a non-empty single line")
+
+    @property
+    def per_host_share(self) -> int:
+        """Requests in flight to one host from this Fetcher (see ``host_shards``)."""
+        return max(1, self.per_host // self.host_shards)
 
     @property
     def min_interval(self) -> float:

@@ -11,10 +11,15 @@ limits, spacing, robots.txt and breaker live in one Fetcher and hold for the who
 run, however many processes fetch. ``concurrency`` is the run's total: each of the
 ``workers`` processes gets its share, both as its Fetcher's request limit and as
 the number of jobs it runs at once. Hosts are spread over the workers by
-consistent hashing, so with only a few hosts one worker may hold most of them and
-the run fetches below ``concurrency``; with one host, use one worker. When a worker
-is replaced, its hosts move to one neighbour on the ring, whose Fetcher starts
-their state afresh.
+consistent hashing. When a worker is replaced, its hosts move to one neighbour on
+the ring, whose Fetcher starts their state afresh.
+
+One exception keeps a few busy hosts from leaving cores idle: when nothing asks for
+time between a host's requests (no ``rate``, robots.txt ignored), each host is
+shared by all the workers, its URLs spread by a hash of the URL, and each worker
+holds an equal share of its ``per_host`` (see :func:`host_shards`). The host
+sees the same ``per_host`` in all; a breaker or a 429 slowdown then acts in each
+worker on its share.
 
 Per-host figures reach the run's snapshot (its ``hosts`` rows: the dashboard's
 hosts table, the final report's hosts section) through the stage's reporter: each
@@ -38,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import heapq
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
@@ -162,7 +168,8 @@ def fetch_stage(
         raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}")
     count = min(workers or cpu_count(), options.concurrency)
     share = -(-options.concurrency // count)  # ceiling: never below the ask, < count above
-    per_worker = dataclasses.replace(options, concurrency=share)
+    shards = host_shards(options, count)
+    per_worker = dataclasses.replace(options, concurrency=share, host_shards=shards)
     return make_stage(
         job,
         "cpu",
@@ -170,7 +177,7 @@ def fetch_stage(
         concurrency=share,
         name=name,
         init=functools.partial(open_fetcher, per_worker),
-        route=host_of,
+        route=host_of if shards == 1 else functools.partial(host_share_of, shards),
         reporter=report_hosts,
         merge_reports=merge_hosts,
     )
@@ -230,7 +237,7 @@ def _row(host: Host) -> dict[str, Any]:
         "errors": host.errors,
         "responses": host.responses,
         "latency_sum": host.latency_sum,
-        "limit": host.limiter.limit,
+        "limit": host.limiter.limit * host.shards,  # the host's, over the workers sharing it
     }
 
 
@@ -248,6 +255,33 @@ async def open_fetcher(options: FetchOptions) -> AsyncIterator[Fetcher]:
     """A worker's Fetcher, open for the worker's life (the stage's ``init``)."""
     async with Fetcher(options) as fetcher:
         yield fetcher
+
+
+def host_shards(options: FetchOptions, workers: int) -> int:
+    """Worker processes that share each host: when nothing asks for time between a
+    host's requests (no ``rate``, robots.txt and its Crawl-delay ignored), the most
+    workers that split ``per_host`` into equal whole shares; otherwise one.
+
+    Spaced requests need one clock per host, so such hosts stay in one process; a
+    host limited by concurrency alone is split, each process holding an equal share
+    of ``per_host`` (so the host sees exactly ``per_host`` in all), and one busy host
+    can use every core.
+    """
+    if options.rate is not None or options.robots:
+        return 1
+    for shards in range(min(workers, options.per_host), 1, -1):
+        if options.per_host % shards == 0:
+            return shards
+    return 1
+
+
+def host_share_of(shards: int, url: Any) -> Any:
+    """The routing key of a URL when its host is shared: ``(host:port, i)``, the
+    URL's share ``i`` picked by a stable hash of the URL."""
+    key = host_of(url)
+    if not key:
+        return key
+    return (key, zlib.crc32(url.encode("utf-8", "surrogatepass")) % shards)
 
 
 def host_of(url: Any) -> str:
