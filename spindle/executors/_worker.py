@@ -197,9 +197,26 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
     fn, flat = config.fn, config.flat
     limit = asyncio.Semaphore(config.concurrency)
     tasks: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+    # Frames sent in one turn of the loop leave in one write: with many short jobs in
+    # flight, several finish per turn, and a system call per frame would cost more
+    # than the jobs themselves.
+    out: list[bytes] = []
+    flush_due = False
+
+    def flush() -> None:
+        nonlocal out, flush_due
+        flush_due = False
+        if out:
+            frames, out = out, []
+            writer.writelines(frames)
 
     def send(op: int, ident: int, payload: bytes) -> None:
-        writer.writelines(_wire.frame(op, ident, payload))
+        nonlocal flush_due
+        out.extend(_wire.frame(op, ident, payload))
+        if not flush_due:
+            flush_due = True
+            loop.call_soon(flush)
 
     async def call(x: Any) -> Any:
         async with limit:
@@ -239,10 +256,10 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
             STATE.set(await scope.enter())
         except Exception as exc:
             send(_wire.OP_FATAL, 0, pickle.dumps(("init", *encode_error(exc)[:3])))
+            flush()
             return
     reporter = _reporter(config)
     timer: asyncio.TimerHandle | None = None
-    loop = asyncio.get_running_loop()
 
     def tick() -> None:
         nonlocal timer
@@ -266,6 +283,7 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
                     await asyncio.gather(*tasks)
                 if reporter is not None:
                     _report(reporter, send)  # the last report, before init's teardown
+                    flush()
                     with contextlib.suppress(ConnectionError):
                         await writer.drain()
                 return
@@ -287,6 +305,7 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
         if scope is not None:
             with contextlib.suppress(Exception):
                 await scope.exit()
+        flush()
         writer.close()
 
 

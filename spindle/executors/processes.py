@@ -152,6 +152,8 @@ class _Worker:
         self.items_assigned = 0
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[tuple[str, Any]]] = {}
+        self._out: list[bytes] = []  # frames waiting for the end of this loop turn
+        self._flush_due = False
         self.ready: asyncio.Future[None] | None = None
         self.exited: asyncio.Event | None = None
         self.status: int | None = None
@@ -214,12 +216,26 @@ class _Worker:
                 return first
 
     def send(self, op: int, ident: int, payload: bytes = b"") -> bool:
-        """Queue a frame; False if the worker can no longer be reached."""
+        """Queue a frame; False if the worker can no longer be reached.
+
+        Frames queued in one turn of the event loop leave in one write at its end:
+        with many single-item batches (an async stage) a system call per frame
+        would cost more than the frame.
+        """
         if self.unreachable:
             return False
-        assert self.transport is not None
-        self.transport.writelines(_wire.frame(op, ident, payload))
+        self._out += _wire.frame(op, ident, payload)
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
         return True
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        frames, self._out = self._out, []
+        if frames and not self.unreachable:
+            assert self.transport is not None
+            self.transport.writelines(frames)
 
     # -- events from the loop --------------------------------------------------------
 
