@@ -238,6 +238,30 @@ async def test_a_host_without_spacing_is_shared_by_the_workers_within_per_host(s
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/a",
+        "HTTPS://Example.COM:8443/x?y=1",
+        "https://example.com",
+        "http://127.0.0.1:8080/",
+        "http://[::1]:9000/p",
+        "http://user:pw@host.example/",
+        "http://bücher.example/",
+        "http://example.com:0/",
+    ],
+)
+def test_the_quick_routing_key_is_the_full_parse_key(url: str) -> None:
+    from spindle.jobs.fetch._urls import host_key, parse_url
+
+    assert host_of(url) == host_key(parse_url(url))
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/", "not a url", "http:///nohost", "", 5])
+def test_a_url_that_will_fail_routes_to_the_empty_key(url: Any) -> None:
+    assert host_of(url) == ""
+
+
+@pytest.mark.parametrize(
     "changes",
     [{"per_host": 0}, {"concurrency": 0}, {"workers": 0}, {"rate": -1.0}, {"user_agent": ""}],
 )
