@@ -20,7 +20,9 @@ Every stage constructor and :func:`map` take the same options (``StageOptions``)
 - ``route``: a function of the item giving its key (a host name, a user id): items
   with the same key always go to the same worker process, by consistent hashing, so
   per-key state (limits, connections, caches) lives in one place; when that worker
-  is replaced the key moves to the next worker on the ring meanwhile (cpu).
+  is replaced the key moves to the next worker on the ring meanwhile (cpu). A key
+  ``(key, i)`` spreads one busy key over workers: the i-th worker in the key's ring
+  order (the fetch stage does so for a host that needs no spacing).
 - ``reporter``: a function called in each worker with its state (what ``init``
   returned, or None) that returns a small dict of plain data, e.g. cache hits. Each
   worker reports at most once a second and once more when it stops; the stage's
