@@ -35,6 +35,11 @@ What a crash or a stop leaves. Items claimed but not recorded are ``pending`` in
 journal and run again on resume (at least once); the journal cuts the output back to its
 last commit, so each key is recorded once (see ``docs/journal.md``). On the first Ctrl-C
 or SIGTERM the run drains, then records what came back, flushes and closes the journal.
+
+The run's report. The journal gets the run's report (``to_json(results.snapshot())``, the
+JSON of ``--stats-json``) as its report source: it stores one with its commits, at most
+once a second, and a final one when it closes, after the pipeline has stopped. ``spindle
+status`` shows the last one, also for a run that was killed.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from .journal._base import key_text
 from .journal._status import open_read_only
 from .observe.histogram import LatencyHistogram
 from .observe.rates import StagePoint, TimelinePoint
+from .observe.report import Report, to_json
 from .outputs import FailuresOutput, OutputError, format_for, open_output
 from .outputs._base import check_parent
 
@@ -471,6 +477,11 @@ def _drive(
         ChunkedSource(claimer.claimed(items)), with_inputs=True, total=total, services=services
     )
     guard = signals(results, grace) if signals is not None else None
+
+    def report() -> Report:
+        return to_json(results.snapshot())
+
+    journal.set_report_source(report)  # called at commits, and by close() after the stop
     try:
         try:
             with guard if guard is not None else contextlib.nullcontext():

@@ -16,6 +16,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -81,6 +82,14 @@ def square(n: int) -> int:
 
 def square_line(line: str) -> int:
     return square(int(line))
+
+
+def square_or_hold(line: str) -> int:
+    """``square_line``, except that the input named by ``SPINDLE_TEST_HOLD`` never
+    returns: the run cannot end by itself, and the test kills it."""
+    if line == os.environ.get("SPINDLE_TEST_HOLD"):
+        threading.Event().wait()
+    return square_line(line)
 
 
 async def parse(line: str) -> int:

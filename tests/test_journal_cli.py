@@ -12,18 +12,22 @@ import csv
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 from journal_jobs import FAIL_EVERY
+
+from spindle.journal import JournalError, read_status
 
 HERE = Path(__file__).parent
 JOBS = HERE / "journal_jobs.py"
@@ -108,6 +112,13 @@ def test_resume_runs_only_what_is_not_done(work: Path, sig: str, code: int) -> N
     assert before["pending"] >= 1  # item 500 at least: claimed, never recorded
     assert before["done"] + before["pending"] <= 1000
     assert [run["state"] for run in status(work)["runs"]] == ["finished"]
+    # The run ended (it closed the journal) and stored its final report: stopped. The
+    # report counts the jobs that finished; the stop may drop a result on its way to
+    # being recorded (its item stays pending and runs again).
+    stopped = status(work)
+    assert stopped["report_run"]["state"] == "ended" and stopped["report_run"]["final"]
+    assert stopped["report"]["status"] == "stopped"
+    assert before["done"] <= stopped["report"]["done"] <= before["done"] + before["pending"]
     ran_first = len(calls(work))
     assert len(read_jsonl(work / "out.jsonl")) == before["done"]
 
@@ -554,6 +565,68 @@ def test_status_text_json_and_plot(work: Path) -> None:
     assert "no journal at" in missing.stderr
 
 
+def cells(line: str) -> list[str]:
+    """The cells of a row of the report's table (two spaces or more between cells)."""
+    return re.split(r"\s{2,}", line.strip())
+
+
+def report_table(text: str) -> dict[str, list[str]]:
+    """The per-stage table of the report in ``spindle status``'s text: stage -> cells."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("report of run"))
+    header = next(i for i in range(start, len(lines)) if cells(lines[i])[:2] == ["stage", "kind"])
+    assert cells(lines[header])[7:] == ["mean", "p50", "p90", "p95", "p99", "max"]
+    rows = {}
+    for line in lines[header + 1 :]:
+        if not line.startswith("  "):
+            break
+        row = cells(line)
+        rows[row[0]] = row
+    return rows
+
+
+def test_status_shows_the_report_of_the_run(work: Path) -> None:
+    out = mapped(work, "--workers", "2", "--stats-json", "stats.json")
+    assert out.returncode == 1, out.stderr  # multiples of 7 fail
+    stats = json.loads((work / "stats.json").read_text())
+
+    text = spindle("status", "j.db", cwd=work)
+    assert text.returncode == 0, text.stderr
+    assert "\nreport of run 1: ended (done) after " in text.stdout, text.stdout
+    assert "  858 items done, 142 failed, 0 retried, 0 restarts, " in text.stdout
+    [(name, row)] = report_table(text.stdout).items()
+    assert name == "counted" and row[1:6] == ["cpu", "858", "142", "0", "0"]
+    assert all(cell != "-" for cell in row[7:])  # mean, p50, p90, p95, p99, max
+
+    # --json: the report of the run, as --stats-json wrote it at the end of the run (the
+    # two were taken a moment apart, after the run stopped: only the time differs).
+    data = status(work)
+    report = data["report"]
+    assert data["report_run"]["run"] == 1 and data["report_run"]["state"] == "ended"
+    assert data["report_run"]["final"] is True
+    assert set(report) == set(stats)
+    timed = {"elapsed", "throughput"}
+    assert {k: v for k, v in report.items() if k not in timed | {"stages"}} == {
+        k: v for k, v in stats.items() if k not in timed | {"stages"}
+    }
+    [stage] = report["stages"]
+    assert {k: v for k, v in stage.items() if k != "throughput"} == {
+        k: v for k, v in stats["stages"][0].items() if k != "throughput"
+    }
+    assert (report["done"], report["failed"], report["status"]) == (858, 142, "done")
+    latency = stage["latency"]
+    assert latency["count"] == 1000
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+
+    # A second run finds every item recorded: its report is of a run that did nothing.
+    again = mapped(work)
+    assert again.returncode == 1, again.stderr
+    data = status(work)
+    assert data["report_run"]["run"] == 2
+    assert (data["report"]["done"], data["report"]["failed"]) == (0, 0)
+    assert data["totals"]["done"] == 858
+
+
 # -- crashes ------------------------------------------------------------------------------
 
 CRASH_ITEMS = 200_000
@@ -570,21 +643,16 @@ def crash_input(path: Path) -> set[int]:
     return set(values)
 
 
-def kill_when_output_reaches(proc: subprocess.Popen[bytes], output: Path, size: int) -> bool:
-    """SIGKILL ``proc`` once ``output`` holds ``size`` bytes; False if it ended first.
+def kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str) -> bool:
+    """SIGKILL ``proc`` once ``ready()``; False if it ended first.
 
-    There is no event to wait on, so the size is polled, with a bound. The descendants
-    (worker processes, which die with their parent) are waited for, so that no stray
-    worker still holds the journal's lock when the run is resumed.
+    There is no event to wait on in another process, so ``ready`` is polled, with a
+    bound. The descendants (worker processes, which die with their parent) are waited
+    for, so that no stray worker still holds the journal's lock when the run is resumed.
     """
     deadline = time.monotonic() + 60
-    while proc.poll() is None:
-        try:
-            if output.stat().st_size >= size:
-                break
-        except FileNotFoundError:
-            pass
-        assert time.monotonic() < deadline, "the run made no progress within 60 s"
+    while proc.poll() is None and not ready():
+        assert time.monotonic() < deadline, f"{what} within 60 s"
         time.sleep(0.002)
     if proc.poll() is not None:
         return False
@@ -594,6 +662,18 @@ def kill_when_output_reaches(proc: subprocess.Popen[bytes], output: Path, size: 
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == []
     return True
+
+
+def kill_when_output_reaches(proc: subprocess.Popen[bytes], output: Path, size: int) -> bool:
+    """SIGKILL ``proc`` once ``output`` holds ``size`` bytes; False if it ended first."""
+
+    def reached() -> bool:
+        try:
+            return output.stat().st_size >= size
+        except FileNotFoundError:
+            return False
+
+    return kill_when(proc, reached, "the run made no progress")
 
 
 def check_crash_results(work: Path, output: Path, distinct: set[int]) -> None:
@@ -676,3 +756,59 @@ def test_sigkill_io_pipeline_at_random_moments_then_resume(tmp_path: Path) -> No
     command = [sys.executable, str(JOBS), "in.txt", "out.jsonl", "crash.db"]
     crash_and_resume(tmp_path, command, tmp_path / "out.jsonl", distinct, seed)
     check_crash_results(tmp_path, tmp_path / "out.jsonl", distinct)
+
+
+@pytest.mark.timeout(180)
+def test_status_shows_the_report_of_a_killed_run(tmp_path: Path) -> None:
+    # The last input never returns, so the run cannot end; more than commit_items
+    # (100 000) results come back before it, so at least one commit, which stores the
+    # report, happens before the kill.
+    n = 150_000
+    (tmp_path / "in.txt").write_text("".join(f"{i}\n" for i in range(n)))
+    journal = tmp_path / "j.db"
+    command = [sys.executable, "-m", "spindle", "map", job("square_or_hold"), "in.txt"]
+    command += ["-o", "out.jsonl", "--journal", "j.db", "--workers", "2", "-q"]
+
+    def has_report() -> bool:
+        try:
+            return read_status(journal).report is not None
+        except JournalError:  # not created yet
+            return False
+
+    with open(tmp_path / "run.err", "wb") as err:
+        proc = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env={**os.environ, "SPINDLE_TEST_HOLD": str(n - 1)},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    assert kill_when(proc, has_report, "no report was stored"), (tmp_path / "run.err").read_text()
+
+    text = spindle("status", "j.db", cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert "state     interrupted" in text.stdout
+    assert "report of run 1: interrupted (the process died); as of its last commit" in text.stdout
+    [(name, row)] = report_table(text.stdout).items()
+    assert name == "square_or_hold" and row[1] == "cpu"
+    assert all(cell != "-" for cell in row[7:])  # latency percentiles were measured
+    data = status(tmp_path, "j.db")
+    assert data["report_run"]["state"] == "interrupted" and data["report_run"]["final"] is False
+    killed = data["report"]
+    assert killed["status"] == "running"
+    assert 0 < killed["done"] + killed["failed"] < n
+    assert killed["stages"][0]["workers"] == 2
+    assert killed["stages"][0]["latency"]["p99"] > 0
+
+    # Resumed to the end (nothing held now): run 2's report counts exactly what it ran,
+    # the items the killed run had not committed.
+    before = data["totals"]
+    final = spindle(*command[3:], cwd=tmp_path)
+    assert final.returncode == 1, final.stderr  # multiples of FAIL_EVERY fail
+    data = status(tmp_path, "j.db")
+    assert data["report_run"] == {**data["report_run"], "run": 2, "state": "ended"}
+    resumed = data["report"]
+    assert resumed["status"] == "done"
+    assert resumed["done"] + resumed["failed"] == n - before["done"] - before["failed"]
+    assert data["totals"]["done"] + data["totals"]["failed"] == n
+    assert [run["state"] for run in data["runs"]] == ["interrupted", "finished"]

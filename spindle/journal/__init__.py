@@ -3,7 +3,9 @@
 :class:`SqliteJournal` (the default) keeps item states in an SQLite database in WAL mode
 and coordinates the output writers of :mod:`spindle.outputs`: each commit makes the
 output durable up to a point, then records that point and the items' states in one
-transaction. On resume the output is cut back to the recorded point. Execution is at least
+transaction. On resume the output is cut back to the recorded point. A journaled run also stores its
+report (per-stage counts and latency percentiles) with its commits, which ``status``
+shows after the run, or after its process died. Execution is at least
 once; recording is exactly once: one record per distinct key, none missing, none torn.
 The mechanism and its guarantees are described in ``docs/journal.md``.
 """
@@ -17,6 +19,7 @@ from ._base import Journal as Journal
 from ._base import JournalStats as JournalStats
 from ._base import Key as Key
 from ._base import Record as Record
+from ._base import ReportSource as ReportSource
 from ._base import State as State
 from ._errors import JournalCorrupt as JournalCorrupt
 from ._errors import JournalError as JournalError
@@ -27,6 +30,7 @@ from ._sqlite import SqliteJournal as SqliteJournal
 from ._status import FailureGroup as FailureGroup
 from ._status import JournalStatus as JournalStatus
 from ._status import RunInfo as RunInfo
+from ._status import RunReport as RunReport
 from ._status import read_status as read_status
 from ._status import render_status as render_status
 from ._status import status_dict as status_dict
@@ -47,7 +51,9 @@ __all__ = [
     "Key",
     "MemoryJournal",
     "Record",
+    "ReportSource",
     "RunInfo",
+    "RunReport",
     "SqliteJournal",
     "State",
     "read_status",

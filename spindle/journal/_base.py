@@ -9,6 +9,9 @@ The engine drives a journal like this (one thread at a time, or under its own lo
         journal.record([Record.done(key, result_record), Record.failed(...), ...])
     journal.close()                             # commits what is left, ends the run
 
+A run may also hand the journal its report (``set_report_source``): a journal that
+persists stores it with its commits, so ``status`` can show it after the run.
+
 Execution is at least once (an item running when the process dies runs again on
 resume); recording is exactly once (each key's record reaches the output once).
 """
@@ -16,7 +19,7 @@ resume); recording is exactly once (each key's record reaches the output once).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self, TypeAlias
@@ -28,6 +31,10 @@ if TYPE_CHECKING:
 
 #: An item's identity: text, or bytes such as a hash digest of the item.
 Key: TypeAlias = str | bytes
+
+#: What a journal calls for the run's report: a JSON-able dict (``observe.report.to_json``
+#: of the run's snapshot, what ``--stats-json`` writes).
+ReportSource: TypeAlias = Callable[[], Mapping[str, Any]]
 
 #: The states an item goes through in the journal.
 State: TypeAlias = Literal["pending", "done", "failed"]
@@ -166,6 +173,18 @@ class Journal(ABC):
         without a ``Record`` per item, which matters when jobs take microseconds."""
         pairs = zip(keys, payloads, strict=True)
         self.record([Record(k, DONE, 1, None, None, p) for k, p in pairs])
+
+    def set_report_source(self, source: ReportSource | None) -> None:
+        """Where the run's report comes from, or None to stop asking.
+
+        A journal that persists calls ``source`` when it commits (not per item) and
+        stores what it returns with the commit, and once more as it closes, so that
+        ``status`` shows the run's report after it ended or died. ``source`` is called
+        in the thread that triggers the commit, under the journal's lock: it must be
+        cheap and safe to call from any thread, and must not call the journal. This
+        default keeps nothing.
+        """
+        del source
 
     @abstractmethod
     def flush(self) -> None:

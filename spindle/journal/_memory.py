@@ -2,7 +2,8 @@
 
 For tests of the engine, and for runs that do not need to resume (``--no-journal``):
 duplicate keys are still run once, results and failures still go to the outputs, but
-nothing survives the process.
+nothing survives the process. A report source's report is taken when ``summary()`` is
+called, and a last time on ``close()``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,21 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ..observe.report import report_from_json
 from ..outputs import Output, UnwritableRecord
-from ._base import DONE, FAILED, Journal, JournalStats, Key, Record, key_text, unwritable_failure
+from ._base import (
+    DONE,
+    FAILED,
+    Journal,
+    JournalStats,
+    Key,
+    Record,
+    ReportSource,
+    key_text,
+    unwritable_failure,
+)
 from ._errors import JournalError
-from ._status import FailureGroup, JournalStatus, RunInfo
+from ._status import FailureGroup, JournalStatus, RunInfo, RunReport
 
 
 class MemoryJournal(Journal):
@@ -37,6 +49,8 @@ class MemoryJournal(Journal):
         self._mutex = threading.Lock()
         self._started = time.time()
         self._ended: float | None = None
+        self._report_source: ReportSource | None = None
+        self._report: RunReport | None = None  # the final one, once closed
         opened: list[Output[Any]] = []
         try:
             for out in (output, failures):
@@ -106,6 +120,15 @@ class MemoryJournal(Journal):
                     out.commit()
             self._stats.commits += 1
 
+    def set_report_source(self, source: ReportSource | None) -> None:
+        with self._mutex:
+            self._report_source = source
+
+    def _take_report(self, *, final: bool) -> RunReport | None:
+        source = self._report_source
+        report = report_from_json(source()) if source is not None else None
+        return RunReport(1, time.time(), final, report) if report is not None else None
+
     def flush(self) -> None:
         """Nothing to do: every ``record`` commits."""
 
@@ -121,6 +144,7 @@ class MemoryJournal(Journal):
                 group = groups.setdefault(error or "?", [0, key, message or ""])
                 group[0] += 1
             ended = self._ended
+            report = self._report if ended is not None else self._take_report(final=False)
             run = RunInfo(
                 1,
                 self._started,
@@ -149,6 +173,7 @@ class MemoryJournal(Journal):
                 outputs={
                     slot: out.identity for slot, out in self._outputs.items() if out is not None
                 },
+                report=report,
             )
 
     def stats(self) -> JournalStats:
@@ -177,6 +202,8 @@ class MemoryJournal(Journal):
                         out.commit(final=True)
                     finally:
                         out.close()
+            self._report = self._take_report(final=True)
+            self._report_source = None
 
     def __repr__(self) -> str:
         return f"<MemoryJournal {len(self._items)} recorded, {len(self._inflight)} in flight>"

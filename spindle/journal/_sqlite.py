@@ -8,7 +8,8 @@ Data flow of one item, and where a crash can land::
           |             ... more batches, until commit_interval or commit_items ...
     commit              1. output.commit(): fsync, returns its point (byte offset, row, part)
                         2. one SQLite transaction: items -> done/failed,
-                           outputs.point = the point, totals, runs counters
+                           outputs.point = the point, totals, runs counters,
+                           and the run's report (at most once a second)
           |
     crash anywhere  ->  on open: output.open(journal's point) cuts the output back, so
                         records past the point (a torn line, rows of items never marked
@@ -31,6 +32,15 @@ tenth of the time. A crash loses at most one interval of finished work, which ru
 Keys in flight (claimed, not yet committed) live in memory only, bounded by what the
 engine has in flight plus one commit's worth. Each commit also writes ``pending`` rows
 for keys still in flight, so ``status`` shows what was running when a run died.
+
+The run's report. With a report source set (:meth:`SqliteJournal.set_report_source`),
+a commit asks it for the run's report and upserts it into ``reports`` (one row per run)
+in the same transaction; the final commit of ``close()`` stores the last one, marked
+final. The source is called while the commit is prepared, under the journal's lock,
+never in the background thread that writes the transaction, and at most once a second
+(:data:`_REPORT_INTERVAL`) whatever the commit interval: a run killed at any moment
+keeps its report as of one of its last commits. Journals made before the table existed
+get it when they are next opened for writing.
 """
 
 from __future__ import annotations
@@ -38,14 +48,18 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .._errors import ConfigError
 from .._failure import short_repr
@@ -58,6 +72,7 @@ from ._base import (
     JournalStats,
     Key,
     Record,
+    ReportSource,
     State,
     key_text,
     unwritable_failure,
@@ -103,6 +118,25 @@ INSERT INTO totals VALUES ('pending', 0), ('done', 0), ('failed', 0);
 """
 
 _TABLES = {"meta", "items", "runs", "outputs", "totals"}
+
+#: The runs' reports (``report`` is the JSON of ``--stats-json``). Not in _TABLES: journals
+#: made before it existed are still journals, and get it when opened for writing.
+_REPORTS_TABLE = """
+CREATE TABLE IF NOT EXISTS reports (
+    run INTEGER PRIMARY KEY,
+    stored REAL NOT NULL,
+    final INTEGER NOT NULL,
+    report TEXT NOT NULL
+)
+"""
+_UPSERT_REPORT = """
+INSERT INTO reports (run, stored, final, report) VALUES (?, ?, ?, ?)
+ON CONFLICT (run) DO UPDATE SET
+    stored = excluded.stored, final = excluded.final, report = excluded.report
+"""
+
+#: Least seconds between two reports stored by commits (the final one is always stored).
+_REPORT_INTERVAL = 1.0
 
 #: Largest share of the time that group commits may take (see SqliteJournal._commit).
 _COMMIT_SHARE = 0.1
@@ -313,6 +347,8 @@ class SqliteJournal(Journal):
         self._closed = False
         self._run = 0
         self._run_started = time.time()
+        self._report_source: ReportSource | None = None
+        self._next_report = 0.0  # time.monotonic() from which a commit stores a report
         self._next_commit = time.monotonic() + commit_interval if commit_interval else 0.0
 
         parent = self.path.parent
@@ -429,6 +465,10 @@ class SqliteJournal(Journal):
             )
         if version < 1:
             raise JournalCorrupt(f"journal {self.path} has no valid format version")
+        try:
+            conn.execute(_REPORTS_TABLE)
+        except sqlite3.Error as exc:
+            raise _journal_error("open", self.path, exc) from exc
         recorded = meta.get("fingerprint")
         if force:
             self._reset()
@@ -465,7 +505,7 @@ class SqliteJournal(Journal):
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for table in ("items", "runs", "outputs"):
+            for table in ("items", "runs", "outputs", "reports"):
                 conn.execute(f"DELETE FROM {table}")
             conn.execute("UPDATE totals SET n = 0")
             self._set_meta("fingerprint", self.fingerprint)
@@ -744,6 +784,10 @@ class SqliteJournal(Journal):
         self._queued += n
         return True
 
+    def set_report_source(self, source: ReportSource | None) -> None:
+        with self._mutex:
+            self._report_source = source
+
     def flush(self) -> None:
         with self._mutex:
             self._check_usable()
@@ -813,6 +857,9 @@ class SqliteJournal(Journal):
             point = out.commit(final=final)
             if point is not None:
                 points[slot] = point
+        # Before anything below changes what is queued: an interrupt in the report's
+        # code leaves the journal as it was, to be cut back by _break.
+        report = self._report_row(final=end_run)
         settling = [self._waiting[""], *(self._waiting[slot] for slot in points)]
         settled: list[tuple[Any, ...]] = []
         deltas = {PENDING: 0, DONE: 0, FAILED: 0}
@@ -863,8 +910,35 @@ class SqliteJournal(Journal):
                 " ended = ? WHERE id = ?",
                 [(done, failed, wall, wall if end_run else None, self._run)],
             ),
+            (_UPSERT_REPORT, report),
         ]
         return job
+
+    def _report_row(self, *, final: bool) -> list[tuple[Any, ...]]:
+        """The run's report, as the parameters of one upsert into ``reports``; none when
+        there is no source or the last one is less than a second old (unless final)."""
+        source = self._report_source
+        if source is None:
+            return []
+        now = time.monotonic()
+        if not final and now < self._next_report:
+            return []
+        self._next_report = now + _REPORT_INTERVAL
+        try:
+            text = orjson.dumps(source()).decode()
+        except Exception:
+            # A bug in the report's code, or figures JSON cannot hold: the run matters
+            # more than its report, so it goes on without storing reports.
+            self._report_source = None
+            with contextlib.suppress(OSError, ValueError):  # stderr may be closed
+                print(
+                    f"spindle: the run's report could not be stored in journal {self.path}; "
+                    "the run goes on without it:",
+                    file=sys.stderr,
+                )
+                traceback.print_exc()
+            return []
+        return [(self._run, time.time(), int(final), text)]
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -955,6 +1029,7 @@ class SqliteJournal(Journal):
                         self._break(exc)
                         raise
             finally:
+                self._report_source = None
                 job, self._job = self._job, None
                 if job is not None and job.thread is not None:
                     job.thread.join()  # interrupted while waiting for it: let it end

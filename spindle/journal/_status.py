@@ -5,6 +5,12 @@ Reads the journal read-only, so it can be pointed at a journal a run is writing 
 the ``totals`` table that every commit keeps up to date, so they are quick for any size;
 failures grouped by reason take one scan of the items (no index on them, which would
 slow down every commit), and only when there are failures.
+
+A journaled run also stores its report (the JSON of ``--stats-json``: per-stage counts,
+latency percentiles, retries, worker restarts, failure groups) in the ``reports`` table,
+one row per run, rewritten at its commits. Status shows the most recent one after the
+journal's own figures; a journal written before that table existed has none, and status
+shows the rest as before (it never creates the table: it only reads).
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from ..observe import _format as fmt
+from ..observe.report import Report, detail_lines, report_from_json, totals_line
 from ._base import key_text
 from ._errors import JournalCorrupt, JournalError
 from ._lock import is_locked
@@ -63,6 +73,22 @@ class RunInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RunReport:
+    """The report a run stored in the journal: what ``--stats-json`` writes, as of
+    ``stored`` (a wall-clock time).
+
+    ``final`` is True when the run stored it as it ended (closing the journal, also
+    after Ctrl-C); otherwise it is as of the run's last commit (the run is still going,
+    or its process died).
+    """
+
+    run: int
+    stored: float
+    final: bool
+    report: Report
+
+
+@dataclass(frozen=True, slots=True)
 class JournalStatus:
     """Everything ``status`` shows. ``throughput`` is items recorded per second of run time."""
 
@@ -76,6 +102,7 @@ class JournalStatus:
     runs: tuple[RunInfo, ...]
     failures: tuple[FailureGroup, ...]
     outputs: dict[str, str]
+    report: RunReport | None = None
 
     @property
     def total(self) -> int:
@@ -94,6 +121,18 @@ class JournalStatus:
     @property
     def running(self) -> bool:
         return any(run.state == "running" for run in self.runs)
+
+    def report_state(self) -> str:
+        """How the run of :attr:`report` stands: ``"ended"`` (the report is its final
+        one), ``"running"``, or ``"interrupted"`` (its process died: the report is as of
+        its last commit). Empty without a report."""
+        stored = self.report
+        if stored is None:
+            return ""
+        if stored.final:
+            return "ended"
+        state = next((run.state for run in self.runs if run.id == stored.run), "interrupted")
+        return "running" if state == "running" else "interrupted"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``spindle status --json``)."""
@@ -116,6 +155,17 @@ class JournalStatus:
             ],
             "failures": [asdict(group) for group in self.failures],
             "outputs": dict(self.outputs),
+            "report": self.report.report if self.report is not None else None,
+            "report_run": (
+                {
+                    "run": self.report.run,
+                    "state": self.report_state(),
+                    "final": self.report.final,
+                    "stored": self.report.stored,
+                }
+                if self.report is not None
+                else None
+            ),
         }
 
 
@@ -163,6 +213,7 @@ def collect_status(
     outputs = {
         slot: identity for slot, identity in conn.execute("SELECT slot, identity FROM outputs")
     }
+    report = _last_report(conn)
     return JournalStatus(
         path=str(path),
         fingerprint=str(meta.get("fingerprint", "")),
@@ -174,7 +225,31 @@ def collect_status(
         runs=tuple(runs),
         failures=groups,
         outputs=outputs,
+        report=report,
     )
+
+
+def _last_report(conn: sqlite3.Connection) -> RunReport | None:
+    """The most recent report a run stored; None in a journal without the ``reports``
+    table (made before runs stored reports) or without a readable report."""
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reports'"
+    ).fetchone()
+    if has_table is None:
+        return None
+    row = conn.execute(
+        "SELECT run, stored, final, report FROM reports ORDER BY run DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return None
+    run, stored, final, text = row
+    try:
+        report = report_from_json(orjson.loads(text))
+    except orjson.JSONDecodeError:  # damaged: shown as no report, the rest as usual
+        return None
+    if report is None:
+        return None
+    return RunReport(int(run), float(stored or 0.0), bool(final), report)
 
 
 def open_read_only(path: str | os.PathLike[str]) -> tuple[Path, sqlite3.Connection]:
@@ -245,7 +320,34 @@ def render_status(status: JournalStatus) -> str:
             lines.append(f"             e.g. key {group.example_key}")
         if len(status.failures) > _MAX_GROUPS:
             lines.append("  ... and more error types")
+    if status.report is not None:
+        lines += ["", *_report_lines(status)]
     return "\n".join(lines)
+
+
+def _report_lines(status: JournalStatus) -> list[str]:
+    """The stored report, laid out as the run's final report is, under a line naming
+    its run and saying whether that run ended."""
+    stored = status.report
+    assert stored is not None
+    rep = stored.report
+    elapsed = fmt.duration(rep["elapsed"])
+    state = status.report_state()
+    if state == "ended":
+        how = f"ended ({rep['status']}) after {elapsed}"
+    elif state == "running":
+        how = f"running; as of its last commit, {elapsed} into the run"
+    else:
+        how = f"interrupted (the process died); as of its last commit, {elapsed} into the run"
+    last = status.runs[-1].id if status.runs else stored.run
+    later = "" if last == stored.run else f" (runs after it, up to {last}, stored none)"
+    return [
+        f"report of run {stored.run}{later}: {how}",
+        f"  {totals_line(rep)}",
+        # Failures are shown above, grouped by reason over every run; the report's
+        # groups (of its most recent failures only) stay in --json.
+        *detail_lines(rep, failures=False),
+    ]
 
 
 def status_text(path: str | os.PathLike[str]) -> str:

@@ -5,6 +5,11 @@ Both are built from the last snapshot of the run::
     snapshot() ──normalize──▶ to_json(): totals, per-stage figures, failure groups, hosts
                                   └──▶ render_text(): the same, laid out for a terminal
 
+A journaled run also stores ``to_json()`` in its journal at each commit, and ``spindle
+status`` shows it again: :func:`report_from_json` reads such a stored report back (keys
+a damaged or older report lacks are filled in), and :func:`totals_line` and
+:func:`detail_lines` lay it out as :func:`render_text` does.
+
 Run totals: ``done`` counts the items that came out of the last stage; ``failed``,
 ``retried`` and ``worker_restarts`` add up every stage (an item fails in one stage only).
 Failures are grouped by (error type, start of the message's first line), most frequent
@@ -18,16 +23,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 from . import _format as fmt
-from ._snapshot import FailureSnapshot, HostSnapshot, normalize
+from ._snapshot import FailureSnapshot, HostSnapshot, _float, _int, _latency, _maps, normalize
 from .histogram import LatencySnapshot
 
 __all__ = [
     "FailureGroup",
     "Report",
     "StageReport",
+    "detail_lines",
     "group_failures",
     "render_text",
+    "report_from_json",
     "to_json",
+    "totals_line",
 ]
 
 MESSAGE_PREFIX = 60
@@ -156,16 +164,75 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
     return lines
 
 
-def render_text(snapshot: Mapping[str, Any]) -> str:
-    """The report as text for a terminal or a log."""
-    rep = to_json(snapshot)
+def report_from_json(data: object) -> Report | None:
+    """A complete :class:`Report` from one that was stored as JSON (by a journaled run),
+    with zeros or empty lists where keys are missing; None if ``data`` is not a report."""
+    if not isinstance(data, Mapping):
+        return None
+    total = data.get("total")
+    stages: list[StageReport] = [
+        {
+            "name": str(s.get("name", f"stage{i}")),
+            "kind": str(s.get("kind", "")),
+            "done": _int(s.get("done")),
+            "failed": _int(s.get("failed")),
+            "retried": _int(s.get("retried")),
+            "restarts": _int(s.get("restarts")),
+            "workers": _int(s.get("workers")),
+            "throughput": _float(s.get("throughput")),
+            "latency": _latency(s.get("latency")),
+        }
+        for i, s in enumerate(_maps(data.get("stages")))
+    ]
+    groups: list[FailureGroup] = []
+    for g in _maps(data.get("failure_groups")):
+        example = normalize({"failures": [g.get("example")]})["failures"]
+        if not example:
+            continue
+        stages_of = g.get("stages")
+        groups.append(
+            {
+                "error": str(g.get("error", "")),
+                "message": str(g.get("message", "")),
+                "count": _int(g.get("count")),
+                "stages": [str(x) for x in stages_of] if isinstance(stages_of, list) else [],
+                "example": example[0],
+            }
+        )
+    report: Report = {
+        "status": str(data.get("status", "running")),
+        "elapsed": _float(data.get("elapsed")),
+        "total": total if isinstance(total, int) and not isinstance(total, bool) else None,
+        "done": _int(data.get("done")),
+        "failed": _int(data.get("failed")),
+        "retried": _int(data.get("retried")),
+        "worker_restarts": _int(data.get("worker_restarts")),
+        "throughput": _float(data.get("throughput")),
+        "stages": stages,
+        "failures_shown": _int(data.get("failures_shown")),
+        "failure_groups": groups,
+    }
+    if "hosts" in data:
+        report["hosts"] = normalize({"hosts": data.get("hosts")})["hosts"]
+    return report
+
+
+def totals_line(rep: Report) -> str:
+    """The run's totals on one line: items done (of the total), failed, retried,
+    worker restarts, items per second."""
     total = f" of {fmt.count(rep['total'])}" if rep["total"] is not None else ""
-    lines = [
-        f"spindle: {rep['status']} after {fmt.duration(rep['elapsed'])}: "
+    return (
         f"{fmt.count(rep['done'])}{total} items done, {fmt.count(rep['failed'])} failed, "
         f"{fmt.count(rep['retried'])} retried, {fmt.count(rep['worker_restarts'])} restarts, "
         f"{fmt.rate(rep['throughput'])} items/s"
-    ]
+    )
+
+
+def detail_lines(rep: Report, *, failures: bool = True) -> list[str]:
+    """The report below its totals: the per-stage table (counts, throughput, latency
+    percentiles), the failure groups (unless ``failures`` is False) and, for a fetch
+    run, the hosts."""
+    lines: list[str] = []
     if rep["stages"]:
         rows = [
             [
@@ -189,7 +256,7 @@ def render_text(snapshot: Mapping[str, Any]) -> str:
                 ]
             )
         lines += ["", *_table(rows, right=set(range(2, 13)))]
-    groups = rep["failure_groups"]
+    groups = rep["failure_groups"] if failures else []
     if groups:
         shown = rep["failures_shown"]
         scope = "all"
@@ -216,4 +283,14 @@ def render_text(snapshot: Mapping[str, Any]) -> str:
                 ]
             )
         lines += ["", "hosts:", *_table(rows, right={1, 2, 3, 4})]
+    return lines
+
+
+def render_text(snapshot: Mapping[str, Any]) -> str:
+    """The report as text for a terminal or a log."""
+    rep = to_json(snapshot)
+    lines = [
+        f"spindle: {rep['status']} after {fmt.duration(rep['elapsed'])}: {totals_line(rep)}",
+        *detail_lines(rep),
+    ]
     return "\n".join(lines) + "\n"
