@@ -806,6 +806,8 @@ class SqliteJournal(Journal):
         input is still caught while the database does not show it yet.
         """
         self._settle()
+        if self.commit_interval:  # settling sets it too, but the first commit has none to settle
+            self._next_commit = max(self._next_commit, time.monotonic() + self.commit_interval)
         job = self._prepare_commit(final=final, end_run=end_run)
         self._job = job
         if background:

@@ -78,8 +78,8 @@ class RunReport:
     ``stored`` (a wall-clock time).
 
     ``final`` is True when the run stored it as it ended (closing the journal, also
-    after Ctrl-C); otherwise it is as of the run's last commit (the run is still going,
-    or its process died).
+    after Ctrl-C); otherwise a commit stored it (the run is still going, or its process
+    died), at most a second before the run's last commit.
     """
 
     run: int
@@ -124,8 +124,8 @@ class JournalStatus:
 
     def report_state(self) -> str:
         """How the run of :attr:`report` stands: ``"ended"`` (the report is its final
-        one), ``"running"``, or ``"interrupted"`` (its process died: the report is as of
-        its last commit). Empty without a report."""
+        one), ``"running"``, or ``"interrupted"`` (its process died: the report is the
+        last one a commit stored). Empty without a report."""
         stored = self.report
         if stored is None:
             return ""
@@ -336,9 +336,9 @@ def _report_lines(status: JournalStatus) -> list[str]:
     if state == "ended":
         how = f"ended ({rep['status']}) after {elapsed}"
     elif state == "running":
-        how = f"running; as of its last commit, {elapsed} into the run"
+        how = f"running; as of {elapsed} into the run"
     else:
-        how = f"interrupted (the process died); as of its last commit, {elapsed} into the run"
+        how = f"interrupted (the process died); as of {elapsed} into the run"
     last = status.runs[-1].id if status.runs else stored.run
     later = "" if last == stored.run else f" (runs after it, up to {last}, stored none)"
     return [

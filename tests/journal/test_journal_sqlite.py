@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from spindle.journal import (
     Record,
     SqliteJournal,
 )
+from spindle.journal import _sqlite as sqlite_module
 from spindle.outputs import FailuresOutput, JsonlOutput, OutputError, SqliteOutput
 
 
@@ -240,6 +242,37 @@ def test_commit_items_triggers_a_commit(tmp_path: Path) -> None:
             "d": "pending",
         }
     assert journal_states(tmp_path / "journal.db") == dict.fromkeys("abcd", "done")
+
+
+class FakeTime:
+    """Stands for the time module in the journal: ``monotonic()`` is set by the test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.time = time.time
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_commits_are_an_interval_apart_from_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeTime()
+    monkeypatch.setattr(sqlite_module, "time", clock)
+    with open_journal(tmp_path, commit_interval=1.0) as j:
+        j.mark_started(["a", "b", "c"])
+        clock.now = 1.0
+        j.record([done("a")])  # the interval is up: a commit, in a thread
+        assert j.stats().commits == 1
+        job = j._job
+        assert job is not None and job.thread is not None
+        job.thread.join()  # finished, not yet settled
+        j.record([done("b")])  # the same moment: no second commit right after the first
+        assert j.stats().commits == 1
+        clock.now = 2.0
+        j.record([done("c")])
+        assert j.stats().commits == 2
 
 
 def test_close_commits_and_ends_the_run(tmp_path: Path) -> None:

@@ -115,10 +115,7 @@ def test_status_of_an_interrupted_run(tmp_path: Path) -> None:
     # The report as of the last commit, stored before the process died.
     assert status.report is not None and status.report_state() == "interrupted"
     assert (status.report.final, status.report.report["done"]) == (False, 3)
-    assert (
-        "report of run 1: interrupted (the process died); as of its last commit, 1.5 s into "
-        "the run" in text
-    )
+    assert "report of run 1: interrupted (the process died); as of 1.5 s into the run" in text
     assert "  3 items done, 0 failed" in text
 
 
@@ -205,9 +202,7 @@ def test_report_is_stored_with_commits_and_at_close(
         assert (run, final, report["stages"][0]["done"]) == (1, 0, 1)
         live = read_status(path)
         assert live.report is not None and live.report_state() == "running"
-        assert "report of run 1: running; as of its last commit, 2.0 s into the run" in (
-            render_status(live)
-        )
+        assert "report of run 1: running; as of 2.0 s into the run" in (render_status(live))
         # At most one report a second, whatever the commit interval: the next commits
         # within that second store none.
         monkeypatch.setattr(sqlite_module, "_REPORT_INTERVAL", 3600.0)
