@@ -221,7 +221,9 @@ def map_command(
 )
 def status_command(journal: str, as_json: bool, plot: str | None) -> None:
     """Show what the journal of a `spindle map --journal` run records: items done,
-    failed and pending, elapsed time, throughput, and failures grouped by reason."""
+    failed and pending, elapsed time, throughput, failures grouped by reason, and the
+    last run's report (per-stage counts and latency percentiles, retries, restarts),
+    also for a run that was killed."""
     try:
         click.echo(status_report(journal, as_json=as_json, plot=plot))
     except SpindleError as exc:
