@@ -3,10 +3,10 @@
 :class:`SqliteJournal` (the default) keeps item states in an SQLite database in WAL mode
 and coordinates the output writers of :mod:`spindle.outputs`: each commit makes the
 output durable up to a point, then records that point and the items' states in one
-transaction. On resume the output is cut back to the recorded point. A journaled run also stores its
-report (per-stage counts and latency percentiles) with its commits, which ``status``
-shows after the run, or after its process died. Execution is at least
+transaction. On resume the output is cut back to the recorded point. Execution is at least
 once; recording is exactly once: one record per distinct key, none missing, none torn.
+A journaled run also stores its report (per-stage counts and latency percentiles) with
+its commits, which ``status`` shows after the run, or after its process died.
 The mechanism and its guarantees are described in ``docs/journal.md``.
 """
 
