@@ -82,7 +82,7 @@ class StageStats:
 
     def __repr__(self) -> str:
         def n(v: int) -> str:
-            return f"{v:,}".replace(",", " ")
+            return f"{v:,}"
 
         return (
             f"{self.name} ({self.kind}): {n(self.in_flight)} running, {n(self.queued)} queued, "

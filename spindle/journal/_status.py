@@ -287,7 +287,7 @@ def _duration(seconds: float) -> str:
 
 
 def _count(n: int) -> str:
-    return f"{n:,}".replace(",", " ")
+    return f"{n:,}"
 
 
 def render_status(status: JournalStatus) -> str:

@@ -417,7 +417,7 @@ class Fetcher:
 
 def _n(count: int) -> str:
     """``1 024``: thousands set apart by a space, as in every spindle figure."""
-    return f"{count:,}".replace(",", " ")
+    return f"{count:,}"
 
 
 def _headers(response: aiohttp.ClientResponse) -> dict[str, str]:
