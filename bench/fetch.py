@@ -74,7 +74,7 @@ http {{
     fastcgi_temp_path {root}/tmp;
     uwsgi_temp_path {root}/tmp;
     scgi_temp_path {root}/tmp;
-    types {{ text/plain txt; }}
+    types {{ text/plain txt; text/html html; }}
     server {{
         listen 127.0.0.1:{port};
         root {root}/www;
@@ -155,20 +155,21 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], within: float = 10.
 # -- running one command ------------------------------------------------------------------
 
 
-def tree_rss(pid: int) -> int:
-    """Bytes resident in ``pid`` and its descendants (shared pages counted in each)."""
+def rss_by_process(pid: int) -> dict[int, int]:
+    """Bytes resident in ``pid`` and in each of its descendants, by process id
+    (shared pages counted in each)."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
-    total = 0
+        return {}
+    found = {}
     for p in processes:
         with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
+            found[p.pid] = p.memory_info().rss
+    return found
 
 
 def kill_group(pgid: int) -> None:
@@ -176,15 +177,22 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def measure(command: list[str]) -> dict[str, Any]:
-    """Run ``command`` in a new session: its output, wall time and peak tree RSS."""
+def measure(command: list[str], limit: float = LIMIT) -> dict[str, Any]:
+    """Run ``command`` in a new session: its output, wall time and peak tree RSS.
+
+    ``samples`` holds every sample taken: (seconds since the start, RSS of the
+    command's own process, RSS of the whole tree)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, start_new_session=True)
         peak = 0
+        samples: list[tuple[float, int, int]] = []
         try:
-            while proc.poll() is None and time.perf_counter() - started < LIMIT:
-                peak = max(peak, tree_rss(proc.pid))
+            while proc.poll() is None and time.perf_counter() - started < limit:
+                rss = rss_by_process(proc.pid)
+                total = sum(rss.values())
+                samples.append((time.perf_counter() - started, rss.get(proc.pid, 0), total))
+                peak = max(peak, total)
                 time.sleep(SAMPLE_EVERY)
         finally:
             stopped = proc.poll() is None
@@ -200,6 +208,7 @@ def measure(command: list[str]) -> dict[str, Any]:
             "stopped": stopped,
             "wall": wall,
             "peak_mb": peak / 2**20,
+            "samples": samples,
         }
 
 
@@ -243,14 +252,20 @@ def wrk_latency(text: str, label: str) -> float | None:
     return float(found.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[found.group(2)]
 
 
-def run_spindle(urls: Path, concurrency: int, workdir: Path) -> dict[str, Any]:
+def run_spindle(
+    urls: Path, concurrency: int, workdir: Path, limit: float = LIMIT, workers: int | None = 1
+) -> dict[str, Any]:
+    """``spindle fetch`` of every URL in ``urls``; ``workers=None`` leaves the number
+    of worker processes to spindle (one per core)."""
     output = workdir / "spindle.jsonl"
     command = [
         sys.executable, "-m", "spindle", "fetch", str(urls), "-o", str(output),
         "--robots", "ignore", "--concurrency", str(concurrency),
-        "--per-host", str(concurrency), "--workers", "1", "--quiet",
+        "--per-host", str(concurrency), "--quiet",
     ]  # fmt: skip
-    done = measure(command)
+    if workers is not None:
+        command += ["--workers", str(workers)]
+    done = measure(command, limit)
     summary = re.search(r"spindle: ([\d,]+) items, ([\d,]+) failed, ([\d.]+) s", done["stderr"])
     if done["status"] not in (0, 1) or not summary:
         return fail(done, "spindle fetch")
@@ -263,16 +278,20 @@ def run_spindle(urls: Path, concurrency: int, workdir: Path) -> dict[str, Any]:
                 ok += 1
                 size_ok += len(record.get("text", ""))
             elapsed.append(record["elapsed"])
+    output_bytes = output.stat().st_size
     output.unlink()
     seconds = float(summary.group(3))
     return {
         "ok": ok,
         "bytes": size_ok,
         "rate": ok / seconds,
+        "seconds": seconds,
         "p50": percentile(elapsed, 0.50),
         "p99": percentile(elapsed, 0.99),
         "wall": done["wall"],
         "peak_mb": done["peak_mb"],
+        "samples": done["samples"],
+        "output_bytes": output_bytes,
     }
 
 
@@ -347,10 +366,86 @@ def versions() -> str:
             found.append(f"{name} missing")
     nginx_v = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
     return (
-        f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, Python "
-        f"{platform.python_version()}, {nginx_v.removeprefix('nginx version: ')}, "
+        f"spindle {spindle_revision()}; {platform.machine()}, {len(os.sched_getaffinity(0))} "
+        f"cores, Python {platform.python_version()}, {nginx_v.removeprefix('nginx version: ')}, "
         + ", ".join(found)
     )
+
+
+def spindle_revision() -> str:
+    """The commit of the spindle being measured, and whether its files differ from it."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--", "spindle"], capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "(not a git checkout)"
+    return f"{head} with uncommitted changes" if changed else head
+
+
+# -- one big run -------------------------------------------------------------------------
+
+#: URLs of a ``--big`` run, its time limit, and the memory it should stay under.
+BIG_REQUESTS = 1_000_000
+BIG_LIMIT = 3600.0
+BIG_TARGET_MB = 300
+BIG_SIZE = 1024
+
+
+def run_big(origin: str, workdir: Path, n: int, concurrency: int, repeat: int) -> str:
+    """``spindle fetch`` of N distinct URLs of the 1 KiB file with a worker process
+    per core, output written: the peak resident memory of its process tree and its
+    rate, one row per run."""
+    urls = workdir / "urls-big.txt"
+    with open(urls, "w") as f:
+        for i in range(n):
+            f.write(f"{origin}/{BIG_SIZE}.txt?n={i}\n")
+    head = (
+        f"### spindle fetch of {n:,} URLs of {BIG_SIZE} bytes, {concurrency} in flight, "
+        "a worker per core, output written\n\n"
+        "| run | requests/s | spindle s | wall s | p50 ms | p99 ms | peak tree MB | "
+        "peak parent MB | peak workers MB | tree MB at 10 / 50 / 90 % of the run | output MB |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    peaks = []
+    for attempt in range(repeat):
+        print(f"big run {attempt + 1}: {n:,} URLs", file=sys.stderr)
+        result = run_spindle(urls, concurrency, workdir, limit=BIG_LIMIT, workers=None)
+        problem = check(result, n, BIG_SIZE)
+        if problem is not None:
+            lines.append(f"| {attempt + 1} | **{problem}** | | | | | | | | | |")
+            continue
+        samples = result["samples"]
+        wall = result["wall"]
+        peaks.append(result["peak_mb"])
+        parent = max(root for _, root, _ in samples)
+        workers = max(total - root for _, root, total in samples)
+        at = " / ".join(
+            f"{tree_at(samples, share * wall) / 2**20:.0f}" for share in (0.1, 0.5, 0.9)
+        )
+        lines.append(
+            f"| {attempt + 1} | {result['rate']:,.0f} | {result['seconds']:.1f} | {wall:.1f} | "
+            f"{ms(result['p50'])} | {ms(result['p99'])} | {result['peak_mb']:.0f} | "
+            f"{parent / 2**20:.0f} | {workers / 2**20:.0f} | {at} | "
+            f"{result['output_bytes'] / 2**20:,.0f} |"
+        )
+    if peaks:
+        highest = max(peaks)
+        verdict = "under" if highest < BIG_TARGET_MB else "NOT under"
+        lines.append(
+            f"\nHighest peak tree: {highest:.0f} MB, {verdict} the {BIG_TARGET_MB} MB target."
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def tree_at(samples: list[tuple[float, int, int]], when: float) -> int:
+    """The tree's RSS in the sample taken nearest to ``when`` seconds."""
+    return min(samples, key=lambda sample: abs(sample[0] - when))[2]
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -367,9 +462,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.fetch", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--requests", type=int, default=20_000, help="requests per run")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        help=f"requests per run [20,000; with --big {BIG_REQUESTS:,}]",
+    )
     parser.add_argument("--concurrency", type=int, default=100, help="requests in flight")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per runner (median shown)")
+    parser.add_argument(
+        "--repeat", type=int, help="runs per runner (median shown) [3; with --big 1]"
+    )
+    parser.add_argument(
+        "--big",
+        action="store_true",
+        help="instead: the memory of one spindle fetch of many URLs, run by run",
+    )
     parser.add_argument(
         "--only",
         type=lambda text: [x.strip() for x in text.split(",") if x.strip()],
@@ -378,6 +484,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"runners, from: {', '.join(RUNNERS)}",
     )
     args = parser.parse_args(argv)
+    if args.requests is None:
+        args.requests = BIG_REQUESTS if args.big else 20_000
+    if args.repeat is None:
+        args.repeat = 1 if args.big else 3
     unknown = set(args.only) - set(RUNNERS)
     if unknown:
         parser.error(
@@ -404,7 +514,9 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="spindle-fetch-bench-") as tmp:
         workdir = Path(tmp)
         with nginx(binary, workdir) as origin:
-            for size_label, size in SIZES.items():
+            if args.big:
+                print(run_big(origin, workdir, n, concurrency, args.repeat))
+            for size_label, size in () if args.big else SIZES.items():
                 rows = [
                     Row(name, LABELS[name], max(1, n // FRACTION.get(name, 1)))
                     for name in RUNNERS
