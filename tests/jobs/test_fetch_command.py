@@ -133,7 +133,8 @@ async def test_all_fetched_is_exit_status_0_and_stdin_to_stdout(serve, tmp_path:
 
 
 @pytest.mark.asyncio
-async def test_parse_runs_in_worker_processes(serve, tmp_path: Path) -> None:
+@pytest.mark.parametrize("parse_in", ["fetch", "pool"])
+async def test_parse_runs_in_worker_processes(serve, tmp_path: Path, parse_in: str) -> None:
     a, b = await hosts(serve)
     urls = [s.url(f"/page/{n}") for n in range(6) for s in (a, b)]
     await asyncio.to_thread((tmp_path / "urls.txt").write_text, "\n".join([*urls, "bad"]) + "\n")
@@ -141,7 +142,7 @@ async def test_parse_runs_in_worker_processes(serve, tmp_path: Path) -> None:
 
     code, _, err = await spindle_fetch(
         "urls.txt", "-o", "out.jsonl", "--parse", "myparser:words", "--workers", "2", "-q",
-        cwd=tmp_path,
+        "--parse-in", parse_in, cwd=tmp_path,
     )  # fmt: skip
 
     assert code == 1, err
@@ -153,14 +154,15 @@ async def test_parse_runs_in_worker_processes(serve, tmp_path: Path) -> None:
                                "result"}  # fmt: skip
         assert record["result"]["words"] == ["page", record["url"].rsplit("/", 1)[1]]
         pids.add(record["result"]["pid"])
-    assert len(pids) <= 2  # the parse workers, not the fetch workers or the command
+    assert len(pids) <= 2  # two worker processes (fetch or parse), not the command
     failures = await asyncio.to_thread(read_jsonl, tmp_path / "out.jsonl.failures.jsonl")
     assert [(f["input"], f["error"]) for f in failures] == [("bad", "FetchFailed")]
 
     # A generator's values stay together: still one line per URL.
     code, _, err = await spindle_fetch(
-        "urls.txt", "-o", "gen.jsonl", "--parse", "myparser.py:lines", "-q", cwd=tmp_path
-    )
+        "urls.txt", "-o", "gen.jsonl", "--parse", "myparser.py:lines", "-q",
+        "--parse-in", parse_in, cwd=tmp_path,
+    )  # fmt: skip
     assert code == 1, err
     records = await asyncio.to_thread(read_jsonl, tmp_path / "gen.jsonl")
     assert len(records) == len(urls)
