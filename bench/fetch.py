@@ -537,7 +537,9 @@ def main(argv: list[str]) -> None:
                         if row.runner == "wrk":
                             result = run_wrk(f"{origin}/{size}.txt", concurrency)
                         elif row.runner == "spindle":
-                            result = run_spindle(urls[row.requests], concurrency, workdir)
+                            result = run_spindle(
+                                urls[row.requests], concurrency, workdir, workers=None
+                            )
                         else:
                             result = run_peer(row.runner, urls[row.requests], concurrency)
                         row.problem = check(result, row.requests, size)
