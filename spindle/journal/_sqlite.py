@@ -27,7 +27,11 @@ and committed every ``commit_interval`` seconds or ``commit_items`` items, which
 comes first, with the keys sorted. A commit rewrites about every index page it touches,
 so it gets slower as the journal grows; the interval is stretched to keep commits under a
 tenth of the time. A crash loses at most one interval of finished work, which runs again.
-:meth:`SqliteJournal.flush` commits at once.
+:meth:`SqliteJournal.flush` commits at once. A periodic commit makes the outputs
+durable and gathers its rows under the lock, then a short-lived thread writes the
+transaction (:class:`_CommitJob`) while records keep coming; lookups use a second,
+read-only connection, and a journal empty at the start skips them through a Bloom
+filter of the keys it claimed (:mod:`._filter`).
 
 Keys in flight (claimed, not yet committed) live in memory only, bounded by what the
 engine has in flight plus one commit's worth. Each commit also writes ``pending`` rows
