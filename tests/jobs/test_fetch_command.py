@@ -198,6 +198,7 @@ async def test_save_dir_files_match_their_sha256(serve, tmp_path: Path) -> None:
         (["--parse", "nosuchmodule:f"], "cannot import module 'nosuchmodule'"),
         (["--parse", "myparser:nope"], "module 'myparser' has no function 'nope'"),
         (["--parse", "myparser:not_plain"], "is 'async def'"),
+        (["--parse-in", "pool"], "--parse-in pool needs --parse MODULE:FUNC"),
         (["--max-bytes", "lots"], "cannot read memory size 'lots'"),
         (["--per-host", "0"], "Invalid value for '--per-host'"),
         (["--robots", "maybe"], "Invalid value for '--robots'"),

@@ -74,10 +74,8 @@ _DEFAULTS = FetchOptions()
 @click.option(
     "--parse-in",
     type=click.Choice(["fetch", "pool"]),
-    default="fetch",
-    show_default=True,
-    help="Where --parse runs: in the fetch workers as responses arrive (fastest for "
-    "quick parsers), or in a separate pool of processes (for heavy parsers).",
+    help="Where --parse runs: in the fetch workers as responses arrive (the default; "
+    "fastest for quick parsers), or in a separate pool of processes (for heavy parsers).",
 )
 @click.option(
     "--save-dir",
@@ -152,7 +150,7 @@ def fetch_command(
     urls_path: str,
     output: str,
     parse_spec: str | None,
-    parse_in: str,
+    parse_in: str | None,
     save_dir: str | None,
     concurrency: int,
     per_host: int,
@@ -199,7 +197,9 @@ def fetch_command(
             max_bytes=_size(max_bytes),
             save_dir=_save_dir(save_dir),
         )
-        stages = _stages(options, workers, parse_spec, parse_in)
+        if parse_in is not None and parse_spec is None:
+            raise ConfigError(f"--parse-in {parse_in} needs --parse MODULE:FUNC")
+        stages = _stages(options, workers, parse_spec, parse_in or "fetch")
         items = read_items(urls_path, "text")
         writer = FetchWriter(output)
     except SpindleError as exc:
