@@ -1,6 +1,6 @@
 """Example jobs for ``spindle map``.
 
-    spindle map examples/jobs.py:collatz examples/numbers.txt -o collatz.jsonl
+spindle map examples/jobs.py:collatz examples/numbers.txt -o collatz.jsonl
 """
 
 from __future__ import annotations
