@@ -498,11 +498,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str]) -> None:
-    args = parse_args(argv)
-    binary = shutil.which("nginx") or next(
+def find_nginx() -> str | None:
+    """nginx on PATH, or where Debian puts it (/usr/sbin is not on every user's PATH)."""
+    return shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
     )
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    binary = find_nginx()
     if binary is None:
         print(
             "bench.fetch: nginx is not installed, nothing to measure "

@@ -30,7 +30,6 @@ import contextlib
 import os
 import random
 import resource
-import shutil
 import statistics
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from typing import Any
 
 import orjson
 
-from .fetch import fail, measure, nginx, versions
+from .fetch import fail, find_nginx, measure, nginx, versions
 from .fetch_parse_peers import PEERS
 
 #: Seconds a run may take before it is stopped and marked as such.
@@ -319,9 +318,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    binary = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-    )
+    binary = find_nginx()
     if binary is None:
         print("bench.fetch_parse: nginx is not installed, nothing to measure")
         return

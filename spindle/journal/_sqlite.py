@@ -346,7 +346,6 @@ class SqliteJournal(Journal):
         self._waiting = {slot: _Waiting(slot) for slot in ("", *self._outputs)}
         self._queued = 0
         self._job: _CommitJob | None = None  # the commit in flight, if any
-        self._generation = 0  # commits settled: lookups made before one may be stale
         self._broken: BaseException | None = None
         self._closed = False
         self._run = 0
@@ -845,7 +844,6 @@ class SqliteJournal(Journal):
                 self._waiting[entry[_RECORDED]].leaving.append(PENDING)  # it settles
         deque(map(inflight.__delitem__, map(itemgetter(0), job.settled)), maxlen=0)
         self._points.update(job.points)
-        self._generation += 1
         # A commit rewrites about every index page it touches, so its cost grows with the
         # journal while the interval stays the same: space commits so that they take at
         # most _COMMIT_SHARE of the time (a commit_interval of 0 commits every record()).
