@@ -34,7 +34,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import AbstractAsyncContextManager
-from itertools import islice
+from itertools import chain, islice
 from typing import Any, Literal
 
 from .._errors import ConfigError
@@ -157,13 +157,16 @@ class Results(Iterator[Any]):
 
     def __init__(self, ex: _Execution) -> None:
         self._ex = ex
-        self._gen: Generator[Any, None, None] = ex.iterate()
+        # The run yields lists of results; chain walks each list in C, so the per-item
+        # step of iterating costs no generator frame.
+        self._gen: Generator[list[Any], None, None] = ex.iterate()
+        self._items: Iterator[Any] = chain.from_iterable(self._gen)
 
     def __iter__(self) -> Iterator[Any]:
-        return self._gen
+        return self._items
 
     def __next__(self) -> Any:
-        return next(self._gen)
+        return next(self._items)
 
     def chunks(self) -> Iterator[list[Any]]:
         """The results in lists, as they arrive (in order when the run is ordered).
@@ -174,10 +177,7 @@ class Results(Iterator[Any]):
         """
         if inspect.getgeneratorstate(self._gen) != inspect.GEN_CREATED:
             raise RuntimeError("chunks() must be called before the first result is taken")
-        self._gen.close()  # never started: closing it runs nothing
-        gen = self._ex.iterate(chunked=True)
-        self._gen = gen
-        return gen
+        return self._gen
 
     def close(self) -> None:
         self._gen.close()
@@ -409,7 +409,8 @@ class _Execution:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
-    def iterate(self, chunked: bool = False) -> Generator[Any, None, None]:
+    def iterate(self) -> Generator[list[Any], None, None]:
+        """The results, a list at a time; the run stops when this generator is closed."""
         if isinstance(self.items, AsyncIterable) and not isinstance(self.items, Iterable):
             raise ConfigError("run() takes a synchronous iterable; use arun() for an async one")
         started = completed = False
@@ -427,11 +428,7 @@ class _Execution:
             self.source_thread.start()
             out = self.out
             while chunks := out.get_chunks_blocking():
-                if chunked:
-                    yield from chunks
-                else:
-                    for chunk in chunks:
-                        yield from chunk
+                yield from chunks
             completed = True
         finally:
             self._stop_sync(started, completed)

@@ -4,6 +4,9 @@ Sending one tiny item at a time to a process costs far more in pickling and waki
 than the item itself; sending huge batches to slow items spoils load balance and
 latency. The policy measures the cost per item (reported by the worker, so it is
 compute time, not queueing) and aims each batch at ``target`` seconds of work.
+The default, 20 ms, keeps a round trip (two wake-ups of the parent, each costing tens
+of microseconds of CPU on a busy machine) under 1% of the batch, while the last
+batches leave a worker idle for at most that long.
 
 It starts at one item, so a slow function (say 20 ms an item) is never batched and
 every worker gets work at once, and it reaches the right size for a fast function
@@ -19,7 +22,7 @@ class AdaptiveBatch:
     __slots__ = ("_cost", "_size", "fixed", "max_size", "target")
 
     def __init__(
-        self, *, target: float = 0.005, max_size: int = 4096, fixed: int | None = None
+        self, *, target: float = 0.02, max_size: int = 4096, fixed: int | None = None
     ) -> None:
         if fixed is not None and fixed < 1:
             raise ValueError(f"batch_size must be >= 1, got {fixed}")
