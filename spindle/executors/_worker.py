@@ -42,6 +42,8 @@ from ._reports import Reporter, ReporterFn, state_or_none
 #: (``time.monotonic()``, the same clock in every process). Written before each item
 #: when the stage has a timeout, read by the parent's watchdog.
 PROGRESS = struct.Struct("qqd")
+#: Bytes an async worker reads from the parent at once (many small frames).
+_READ_SIZE = 1 << 16
 
 PROTOCOL = 5
 
@@ -235,17 +237,24 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
 
     async def run_batch(ident: int, items: list[Any]) -> None:
         t0 = time.perf_counter()
-        outcomes = await asyncio.gather(*(call(x) for x in items), return_exceptions=True)
         results: list[Any] = []
         errors: dict[int, Exception] = {}
-        for i, value in enumerate(outcomes):
-            if isinstance(value, BaseException):
-                if not isinstance(value, Exception):
-                    raise value
-                errors[i] = value
+        if len(items) == 1:  # the usual batch of an async stage: no gather, no extra task
+            try:
+                results.append(await call(items[0]))
+            except Exception as exc:
+                errors[0] = exc
                 results.append(None)
-            else:
-                results.append(value)
+        else:
+            outcomes = await asyncio.gather(*(call(x) for x in items), return_exceptions=True)
+            for i, value in enumerate(outcomes):
+                if isinstance(value, BaseException):
+                    if not isinstance(value, Exception):
+                        raise value
+                    errors[i] = value
+                    results.append(None)
+                else:
+                    results.append(value)
         seconds = time.perf_counter() - t0
         rss = current_rss() if config.report_rss else None
         send(_wire.OP_RESULT, ident, encode_result(items, results, errors, seconds, rss))
@@ -270,33 +279,38 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
     send(_wire.OP_READY, 0, pickle.dumps(os.getpid()))
     if reporter is not None:
         timer = loop.call_later(reporter.every, tick)
+    # Frames are parsed from whatever one read returns: with many single-item batches
+    # in flight, one await takes many frames instead of two awaits a frame.
+    parser = _wire.FrameParser()
     try:
         while True:
             try:
-                head = await reader.readexactly(_wire.HEADER.size)
-                length, op, ident = _wire.HEADER.unpack(head)
-                payload = await reader.readexactly(length) if length else b""
-            except (asyncio.IncompleteReadError, ConnectionError):
+                data = await reader.read(_READ_SIZE)
+            except ConnectionError:
                 return
-            if op == _wire.OP_STOP:
-                if tasks:
-                    await asyncio.gather(*tasks)
-                if reporter is not None:
-                    _report(reporter, send)  # the last report, before init's teardown
-                    flush()
-                    with contextlib.suppress(ConnectionError):
-                        await writer.drain()
+            if not data:
                 return
-            if op != _wire.OP_BATCH:
-                continue
-            try:
-                items = pickle.loads(payload)
-            except Exception as exc:
-                send(_wire.OP_BAD_BATCH, ident, pickle.dumps(f"{type(exc).__name__}: {exc}"))
-                continue
-            task = asyncio.create_task(run_batch(ident, items))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            for op, ident, payload in parser.feed(data):
+                if op == _wire.OP_STOP:
+                    if tasks:
+                        await asyncio.gather(*tasks)
+                    if reporter is not None:
+                        _report(reporter, send)  # the last report, before init's teardown
+                        flush()
+                        with contextlib.suppress(ConnectionError):
+                            await writer.drain()
+                    return
+                if op != _wire.OP_BATCH:
+                    continue
+                try:
+                    items = pickle.loads(payload)
+                except Exception as exc:
+                    msg = pickle.dumps(f"{type(exc).__name__}: {exc}")
+                    send(_wire.OP_BAD_BATCH, ident, msg)
+                    continue
+                task = asyncio.create_task(run_batch(ident, items))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
     finally:
         if timer is not None:
             timer.cancel()

@@ -155,6 +155,7 @@ class _Worker:
         self._out: list[bytes] = []  # frames waiting for the end of this loop turn
         self._flush_due = False
         self.ready: asyncio.Future[None] | None = None
+        self._started = False
         self.exited: asyncio.Event | None = None
         self.status: int | None = None
         self.reason = ""
@@ -198,9 +199,12 @@ class _Worker:
 
     @property
     def started(self) -> bool:
-        """The worker said READY."""
+        """The worker said READY (once true, true for good: asked for every item)."""
+        if self._started:
+            return True
         ready = self.ready
-        return ready is not None and ready.done() and ready.exception() is None
+        self._started = ready is not None and ready.done() and ready.exception() is None
+        return self._started
 
     @property
     def unreachable(self) -> bool:
@@ -399,8 +403,10 @@ class _Ring:
     """A consistent-hash ring of worker slots (64 virtual points per slot)."""
 
     POINTS = 64
+    CACHE = 65_536
 
     def __init__(self, slots: Iterable[int]) -> None:
+        self._cache: dict[Any, tuple[int, ...]] = {}
         points = sorted(
             (_hash64(f"{slot}:{i}"), slot) for slot in slots for i in range(self.POINTS)
         )
@@ -417,6 +423,21 @@ class _Ring:
             if slot not in seen:
                 seen.add(slot)
                 yield slot
+
+    def order(self, key: Any) -> tuple[int, ...]:
+        """Every slot in ring order from the key's point, remembered per key.
+
+        The parent routes every item, and a crawl has far fewer hosts than URLs: a
+        lookup in the cache replaces a hash and a walk. The cache is emptied when it
+        reaches ``CACHE`` keys, so a stream of distinct keys costs no more memory.
+        """
+        cache = self._cache
+        found = cache.get(key)
+        if found is None:
+            if len(cache) >= self.CACHE:
+                cache.clear()
+            found = cache[key] = tuple(self.walk(key))
+        return found
 
 
 def _hash64(text: str) -> int:
@@ -679,7 +700,11 @@ class ProcessExecutor(Executor):
         if type(key) is tuple and len(key) == 2 and type(key[1]) is int:
             key, share = key  # the share-th usable slot in the key's ring order
             share %= len(usable)
-        for slot in self._ring.walk(key):
+        try:
+            order: Iterable[int] = self._ring.order(key)
+        except TypeError:  # an unhashable key: walk the ring without the cache
+            order = self._ring.walk(key)
+        for slot in order:
             if slot in usable:
                 if not share:
                     return usable[slot]
