@@ -226,3 +226,39 @@ def test_raise_nofile_limit() -> None:
         assert hard == resource.RLIM_INFINITY or now == hard
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/html",
+        "text/html;",
+        "text/html; charset=UTF-8",
+        "text/html;charset=iso-8859-1",
+        "text/html; Charset = latin1 ",
+        'text/html; charset="utf-8"',
+        "text/html; charset=bogus",
+        "application/json; foo=bar",
+        "text/plain; charset=",
+        "text/plain; charset=utf-8; format=flowed",
+        "text/plain; charset*=utf-8''x",
+        "text/html; charset=UTF-8 ; x=y",
+        "text/html; charset=utf8",
+        "text/html; format=x; charset=koi8-r",
+    ],
+)
+def test_charset_agrees_with_the_email_parser(content_type: str) -> None:
+    """The fast path for plain parameters gives what the full MIME parser gives."""
+    import codecs
+    from email.message import Message
+
+    from spindle.jobs.fetch._response import charset
+
+    message = Message()
+    message["content-type"] = content_type
+    name = message.get_content_charset()
+    try:
+        expected = codecs.lookup(name).name if name else None
+    except LookupError:
+        expected = None
+    assert charset({"content-type": content_type}) == expected

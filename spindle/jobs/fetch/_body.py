@@ -56,6 +56,12 @@ async def read_body(
     """The whole body, or :class:`TooLarge` (or the first bytes, if ``truncate``)."""
     if not truncate:
         check_length(response, max_bytes)
+        length = response.content_length
+        if length is not None and not response.headers.get("Content-Encoding"):
+            # Declared and within the limit (a server sending more than it declared is
+            # cut off by aiohttp's parser): one read, no chunk loop. A compressed body
+            # may inflate past its length, so it takes the guarded loop below.
+            return await response.read()
     body = bytearray()
     async for chunk in response.content.iter_chunked(CHUNK):
         body += chunk

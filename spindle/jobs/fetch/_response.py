@@ -22,15 +22,37 @@ def charset(headers: dict[str, str]) -> str | None:
     content_type = headers.get("content-type")
     if not content_type:
         return None
-    message = Message()
-    message["content-type"] = content_type
-    name = message.get_content_charset()
+    if ";" not in content_type:  # "text/html": no parameters, the usual case
+        return None
+    if '"' in content_type or "\\" in content_type or "*" in content_type:
+        # Quoted or RFC 2231 parameters: the email package's full parser.
+        message = Message()
+        message["content-type"] = content_type
+        name = message.get_content_charset()
+    else:
+        name = None
+        for param in content_type.split(";")[1:]:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "charset":
+                name = value.strip().lower()
+                break
     if not name:
         return None
     try:
-        return codecs.lookup(name).name
+        return _CODEC_NAMES[name]
+    except KeyError:
+        pass
+    try:
+        found: str | None = codecs.lookup(name).name
     except LookupError:
-        return None
+        found = None
+    if len(_CODEC_NAMES) < 256:
+        _CODEC_NAMES[name] = found
+    return found
+
+
+#: Charset names already looked up (``codecs.lookup`` normalises on every call).
+_CODEC_NAMES: dict[str, str | None] = {}
 
 
 def decode(body: bytes, headers: dict[str, str]) -> str | None:
