@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 import time
@@ -27,7 +28,26 @@ class UsageProblem(click.ClickException):
     exit_code = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a command whose module is heavy is imported when it runs.
+
+    ``spindle fetch`` loads aiohttp and its TLS context, a few hundred milliseconds
+    that ``spindle map`` and ``spindle status`` should not pay at every start.
+    """
+
+    LAZY = {"fetch": ("spindle.jobs.fetch._command", "fetch_command")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            module, name = self.LAZY[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), name))
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="spindle")
 def main() -> None:
     """Run big streams of jobs on every core: asyncio, threads and processes in one
@@ -312,8 +332,3 @@ def _drive(
 
 def _echo_err(text: str, stream: IO[str] | None = None) -> None:
     click.echo(text, err=True)
-
-
-from .jobs.fetch._command import fetch_command  # noqa: E402
-
-main.add_command(fetch_command)
