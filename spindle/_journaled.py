@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import compress, islice
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import click
 import orjson
@@ -213,6 +213,40 @@ def check_journal_options(
         )
 
 
+_JOURNAL_OPTIONS = [
+    click.option(
+        "--journal",
+        metavar="PATH",
+        help="Record which items are done in this file; the same command run again resumes.",
+    ),
+    click.option(
+        "--retry-failed",
+        is_flag=True,
+        help="With --journal: run the items that failed before again.",
+    ),
+    click.option(
+        "--force",
+        is_flag=True,
+        help="With --journal: discard the journal's items and its outputs, and start over.",
+    ),
+    click.option(
+        "--output-format",
+        type=click.Choice(["jsonl", "csv", "sqlite", "parquet"]),
+        help="With --journal: the format of OUTPUT [from its extension].",
+    ),
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def journal_options(command: _F) -> _F:
+    """Add ``--journal``, ``--retry-failed``, ``--force`` and ``--output-format`` to a
+    command (``spindle map`` and ``spindle fetch`` resume the same way)."""
+    for option in reversed(_JOURNAL_OPTIONS):
+        command = option(command)
+    return command
+
+
 def open_journal(
     journal: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -324,6 +358,33 @@ class RunOutcome:
     error: SpindleError | None = None
 
 
+@dataclass(frozen=True)
+class RecordShape:
+    """What a journaled command writes for a result and for a failure.
+
+    ``spindle map`` writes ``{"input": item, "result": value}``; ``spindle fetch``
+    writes its record as it is (it names its URL) and gives a failed fetch's message
+    the bare reason. The journal itself stores the same whatever the shape.
+    """
+
+    #: The output record of ``value``, the result of input ``item``.
+    result: Callable[[Any, Any], Any]
+    #: The failure to write for input ``item`` (its record is ``to_dict()`` + input + key).
+    failure: Callable[[Failure, Any], Failure]
+
+
+def _map_record(item: Any, value: Any) -> Any:
+    return {"input": item, "result": value}
+
+
+def _same_failure(failure: Failure, item: Any) -> Failure:
+    return failure
+
+
+#: The records of ``spindle map`` and :func:`run_journaled`.
+MAP_SHAPE = RecordShape(_map_record, _same_failure)
+
+
 class _Claimer:
     """The source side: keys each input and claims it in the journal, chunk by chunk.
 
@@ -395,11 +456,17 @@ class _SlowPath(Exception):
 
 
 def _record_results(
-    results: Results, journal: Journal, keys: dict[int, Key], outcome: RunOutcome, batch: int
+    results: Results,
+    journal: Journal,
+    keys: dict[int, Key],
+    outcome: RunOutcome,
+    batch: int,
+    shape: RecordShape = MAP_SHAPE,
 ) -> None:
     """The caller's side: record each ``(input, result)`` under its key, in batches of
     ``batch``, or sooner when results come slowly (:data:`RECORD_DELAY`)."""
     pop = keys.pop
+    as_record, as_failure = shape.result, shape.failure
     record = journal.record
     clock = time.monotonic
     pending: list[Record] = []  # failures, and results of chunks that hold failures
@@ -414,11 +481,12 @@ def _record_results(
             chunk_keys = list(map(pop, map(id, inputs)))
             if Failure not in map(type, values):  # the usual chunk: all done
                 done_keys += chunk_keys
-                done_payloads += [{"input": i, "result": v} for i, v in chunk]
+                done_payloads += [as_record(i, v) for i, v in chunk]
                 done += len(chunk)
             else:
                 for key, item, value in zip(chunk_keys, inputs, values, strict=True):
                     if type(value) is Failure:
+                        value = as_failure(value, item)
                         payload = value.to_dict()
                         payload["input"] = item
                         payload["key"] = key_text(key)
@@ -428,9 +496,7 @@ def _record_results(
                         )
                         failed += 1
                     else:
-                        pending.append(
-                            Record(key, "done", 1, None, None, {"input": item, "result": value})
-                        )
+                        pending.append(Record(key, "done", 1, None, None, as_record(item, value)))
                         done += 1
             if len(pending) + len(done_keys) >= batch or clock() >= due:
                 if done_keys:
@@ -465,6 +531,7 @@ def _drive(
     signals: SignalsFactory | None,
     grace: float,
     batch: int,
+    shape: RecordShape = MAP_SHAPE,
 ) -> tuple[RunOutcome, Results]:
     """Run the pipeline over the claimed items and record every result; close the journal.
 
@@ -485,7 +552,7 @@ def _drive(
     try:
         try:
             with guard if guard is not None else contextlib.nullcontext():
-                _record_results(results, journal, claimer.keys, outcome, batch)
+                _record_results(results, journal, claimer.keys, outcome, batch, shape)
         except KeyboardInterrupt:
             if signals is None:
                 raise
@@ -586,17 +653,25 @@ def map_fingerprint(
 
 
 class JournaledMap:
-    """``spindle map ... --journal``: an open journal and how to key the input."""
+    """``spindle map ... --journal`` (and ``spindle fetch ... --journal``): an open
+    journal, how to key the input and what to write."""
 
-    def __init__(self, journal: SqliteJournal, key: KeyFunction, fallback: KeyFunction) -> None:
+    def __init__(
+        self,
+        journal: SqliteJournal,
+        key: KeyFunction,
+        fallback: KeyFunction,
+        shape: RecordShape = MAP_SHAPE,
+    ) -> None:
         self.journal = journal
         self.key = key
         self.fallback = fallback
+        self.shape = shape
 
     def run(
         self,
         pipeline: Pipeline,
-        source: Items,
+        source: Iterable[Any],
         *,
         view: Observers,
         total: int | None,
@@ -621,6 +696,7 @@ class JournaledMap:
             signals=signals,
             grace=grace,
             batch=CHUNK,
+            shape=self.shape,
         )
         summary.done = outcome.done + outcome.failed
         summary.failed = outcome.failed

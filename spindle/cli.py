@@ -16,7 +16,7 @@ from ._core.pipeline import ChunkedSource, Pipeline, Results
 from ._core.stage import KINDS, make_stage, parse_bytes
 from ._errors import SpindleError
 from ._failure import Failure
-from ._journaled import check_journal_options, open_map_journal, status_report
+from ._journaled import check_journal_options, journal_options, open_map_journal, status_report
 from ._loading import load_function
 from ._records import Items, RecordWriter, read_items
 from ._report import Observers, Summary, observe_options
@@ -116,29 +116,12 @@ def main() -> None:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress display and no final report.")
 @observe_options
-@click.option(
-    "--journal",
-    metavar="PATH",
-    help="Record which items are done in this file; the same command run again resumes.",
-)
+@journal_options
 @click.option(
     "--key",
     metavar="FIELD",
     help="With --journal and --format jsonl: items are identified by this field "
     "[a hash of the whole input].",
-)
-@click.option(
-    "--retry-failed", is_flag=True, help="With --journal: run the items that failed before again."
-)
-@click.option(
-    "--force",
-    is_flag=True,
-    help="With --journal: discard the journal's items and its outputs, and start over.",
-)
-@click.option(
-    "--output-format",
-    type=click.Choice(["jsonl", "csv", "sqlite", "parquet"]),
-    help="With --journal: the format of OUTPUT [from its extension].",
 )
 def map_command(
     function: str,
@@ -240,10 +223,10 @@ def map_command(
     help="Also draw throughput over run time to this file (.png, .svg; needs matplotlib).",
 )
 def status_command(journal: str, as_json: bool, plot: str | None) -> None:
-    """Show what the journal of a `spindle map --journal` run records: items done,
-    failed and pending, elapsed time, throughput, failures grouped by reason, and the
-    last run's report (per-stage counts and latency percentiles, retries, restarts),
-    also for a run that was killed."""
+    """Show what the journal of a `spindle map` or `spindle fetch` run with --journal
+    records: items done, failed and pending, elapsed time, throughput, failures grouped
+    by reason, and the last run's report (per-stage counts and latency percentiles,
+    retries, restarts), also for a run that was killed."""
     try:
         click.echo(status_report(journal, as_json=as_json, plot=plot))
     except SpindleError as exc:

@@ -39,6 +39,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -47,6 +48,14 @@ from spindle._core.pipeline import Pipeline
 from spindle._core.stage import Stage, make_stage, parse_bytes
 from spindle._errors import ConfigError, SpindleError
 from spindle._failure import Failure
+from spindle._journaled import (
+    JournaledMap,
+    RecordShape,
+    check_journal_options,
+    journal_options,
+    open_journal,
+    text_key,
+)
 from spindle._loading import load_function
 from spindle._records import Items, RecordWriter, read_items
 from spindle._report import Observers, observe_options
@@ -146,6 +155,7 @@ _DEFAULTS = FetchOptions()
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress display and no final report.")
 @observe_options
+@journal_options
 def fetch_command(
     urls_path: str,
     output: str,
@@ -168,6 +178,10 @@ def fetch_command(
     dashboard_port: int | None,
     dashboard_host: str,
     dashboard_token: str | None,
+    journal: str | None,
+    retry_failed: bool,
+    force: bool,
+    output_format: str | None,
 ) -> None:
     """Fetch every URL listed in URLS (a file, or - for stdin), one per line.
 
@@ -179,6 +193,11 @@ def fetch_command(
     the --dashboard) shows each host's requests, errors, mean latency and current
     limit. The first Ctrl-C (or SIGTERM) stops taking new URLs and lets requests in
     flight finish for --grace seconds; a second one stops at once.
+
+    With --journal, each URL fetched (or failed) is recorded with its output: the
+    same command run again, after a crash or a stop, fetches only the URLs not done
+    yet, a URL listed twice is fetched once, and OUTPUT may be .jsonl, .csv, .sqlite
+    or .parquet.
     """
     from spindle import cli  # here, not at the top: spindle.cli imports this module
 
@@ -197,35 +216,83 @@ def fetch_command(
             max_bytes=_size(max_bytes),
             save_dir=_save_dir(save_dir),
         )
+        check_journal_options(
+            journal, retry_failed=retry_failed, force=force, output_format=output_format
+        )
         if parse_in is not None and parse_spec is None:
             raise ConfigError(f"--parse-in {parse_in} needs --parse MODULE:FUNC")
         stages = _stages(options, workers, parse_spec, parse_in or "fetch")
         items = read_items(urls_path, "text")
-        writer = FetchWriter(output)
+        if journal is None:
+            writer = FetchWriter(output)
+        else:
+            journaled = open_fetch_journal(
+                journal=journal,
+                output=output,
+                urls_path=urls_path,
+                parse_spec=parse_spec,
+                retry_failed=retry_failed,
+                force=force,
+                output_format=output_format,
+            )
     except SpindleError as exc:
         raise cli.UsageProblem(str(exc)) from None
     pipeline = Pipeline(stages, ordered=False, on_error="yield", buffer=max(64, 2 * concurrency))
     if not quiet and sys.stderr.isatty():
         items.count_lines()
+    view = Observers(
+        quiet=quiet,
+        stats_json=stats_json,
+        metrics_port=metrics_port,
+        dashboard_port=dashboard_port,
+        host=dashboard_host,
+        token=dashboard_token,
+    )
     try:
-        code = cli._drive(
-            pipeline,
-            urls(items),
-            writer,
-            view=Observers(
-                quiet=quiet,
-                stats_json=stats_json,
-                metrics_port=metrics_port,
-                dashboard_port=dashboard_port,
-                host=dashboard_host,
-                token=dashboard_token,
-            ),
-            total=items.total,
-            grace=grace,
-        )
+        if journal is None:
+            code = cli._drive(
+                pipeline, urls(items), writer, view=view, total=items.total, grace=grace
+            )
+        else:
+            code = journaled.run(
+                pipeline,
+                urls(items),
+                view=view,
+                total=items.total,
+                grace=grace,
+                signals=cli._Signals,
+            )
     finally:
         items.close()
     sys.exit(code)
+
+
+def open_fetch_journal(
+    *,
+    journal: str,
+    output: str,
+    urls_path: str,
+    parse_spec: str | None,
+    retry_failed: bool,
+    force: bool,
+    output_format: str | None,
+) -> JournaledMap:
+    """The journal of a ``spindle fetch`` command: its URLs are keyed by their text.
+
+    The journal is identified by the URL file and the parse function: other options
+    (limits, timeouts) change how the URLs are fetched, not what a record holds.
+    """
+    source = "-" if urls_path == "-" else str(Path(urls_path).absolute())
+    fingerprint = f"fetch {source}" + (f" --parse {parse_spec}" if parse_spec else "")
+    opened = open_journal(
+        journal,
+        output,
+        fingerprint,
+        output_format=output_format,
+        retry_failed=retry_failed,
+        force=force,
+    )
+    return JournaledMap(opened, text_key, text_key, FETCH_SHAPE)
 
 
 def _size(text: str) -> int:
@@ -342,3 +409,11 @@ def _with_reason(failure: Failure, item: Any) -> Failure:
     if failure.message.startswith(prefix):
         return dataclasses.replace(failure, message=failure.message[len(prefix) :])
     return failure
+
+
+def _as_written(item: Any, value: Any) -> Any:
+    return value
+
+
+#: A fetch record is written as it is; a failure with its bare reason.
+FETCH_SHAPE = RecordShape(_as_written, _with_reason)
