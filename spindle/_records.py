@@ -155,6 +155,28 @@ def _default(value: Any) -> Any:
 _OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
+class JsonLine(bytes):
+    """A whole output line, already encoded, written as it is.
+
+    A job whose result is the record itself (``spindle fetch``'s) can encode it where
+    it runs, in a worker process: the parent, which writes every record, then only
+    moves bytes, and the encoding of large records (fetched pages) is spread over
+    the workers.
+    """
+
+    __slots__ = ()
+
+
+def encode_line(record: Any) -> Any:
+    """``record`` as a :class:`JsonLine`, exactly as :class:`RecordWriter` would write
+    it; the record itself when it cannot be written as JSON (the writer then fails it
+    with its usual message)."""
+    try:
+        return JsonLine(orjson.dumps(record, default=_default, option=_OPTS))
+    except TypeError:
+        return record
+
+
 class RecordWriter:
     """Writes ``{"input", "result"}`` lines to OUTPUT and failures to OUTPUT.failures.jsonl."""
 
@@ -183,9 +205,12 @@ class RecordWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write(self, f: IO[bytes], data: bytes, path: str) -> None:
+    def _write(self, f: IO[bytes], data: bytes | list[bytes], path: str) -> None:
         try:
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                f.writelines(data)
         except OSError as exc:
             raise OutputError(f"cannot write to {path!r}: {exc.strerror or exc}") from exc
 
@@ -197,6 +222,10 @@ class RecordWriter:
         return {"input": item, "result": value}
 
     def result(self, item: Any, value: Any) -> None:
+        if type(value) is JsonLine:
+            self._write(self._out, value, self.path)
+            self.written += 1
+            return
         try:
             data = orjson.dumps(self.record(item, value), default=_default, option=_OPTS)
         except TypeError as exc:
@@ -213,14 +242,19 @@ class RecordWriter:
         """Write ``(input, result)`` pairs, none of them a failure: one write for all."""
         record = self.record
         try:
-            data = b"".join(
-                [orjson.dumps(record(i, v), default=_default, option=_OPTS) for i, v in pairs]
-            )
+            lines = [
+                v
+                if type(v) is JsonLine
+                else orjson.dumps(record(i, v), default=_default, option=_OPTS)
+                for i, v in pairs
+            ]
         except TypeError:  # one of them cannot be written: each on its own
             for i, v in pairs:
                 self.result(i, v)
             return
-        self._write(self._out, data, self.path)
+        # No joined copy: with large records (fetched pages) it would double the bytes
+        # moved; the buffered file gathers small lines by itself.
+        self._write(self._out, lines, self.path)
         self.written += len(pairs)
 
     def failure(self, failure: Failure, item: Any) -> None:

@@ -34,6 +34,9 @@ def lines(response):
 
 async def not_plain(response):
     return 1
+
+def opaque(response):
+    return object() if response.url.endswith("/1") else {"ok": True}
 """
 
 
@@ -167,6 +170,20 @@ async def test_parse_runs_in_worker_processes(serve, tmp_path: Path, parse_in: s
     records = await asyncio.to_thread(read_jsonl, tmp_path / "gen.jsonl")
     assert len(records) == len(urls)
     assert all(r["result"] == ["page", r["url"].rsplit("/", 1)[1]] for r in records)
+
+    # A result that cannot be written as JSON fails its URL alone, saying so.
+    code, _, err = await spindle_fetch(
+        "urls.txt", "-o", "opaque.jsonl", "--parse", "myparser.py:opaque", "-q",
+        "--parse-in", parse_in, cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 1, err
+    records = await asyncio.to_thread(read_jsonl, tmp_path / "opaque.jsonl")
+    assert sorted(r["url"] for r in records) == sorted(u for u in urls if not u.endswith("/1"))
+    assert all(r["result"] == {"ok": True} for r in records)
+    failures = await asyncio.to_thread(read_jsonl, tmp_path / "opaque.jsonl.failures.jsonl")
+    unwritable = [f for f in failures if f["error"] == "Unserializable"]
+    assert sorted(f["input"] for f in unwritable) == sorted(u for u in urls if u.endswith("/1"))
+    assert all("the parse function must return" in f["message"] for f in unwritable)
 
 
 @pytest.mark.asyncio

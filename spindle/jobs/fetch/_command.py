@@ -57,7 +57,7 @@ from spindle._journaled import (
     text_key,
 )
 from spindle._loading import load_function
-from spindle._records import Items, RecordWriter, read_items
+from spindle._records import Items, RecordWriter, encode_line, read_items
 from spindle._report import Observers, observe_options
 
 from ._errors import FetchFailed
@@ -221,7 +221,9 @@ def fetch_command(
         )
         if parse_in is not None and parse_spec is None:
             raise ConfigError(f"--parse-in {parse_in} needs --parse MODULE:FUNC")
-        stages = _stages(options, workers, parse_spec, parse_in or "fetch")
+        # Without a journal the output is JSON lines written as they come: the fetch
+        # workers encode the records, the parent only writes them.
+        stages = _stages(options, workers, parse_spec, parse_in or "fetch", lines=journal is None)
         items = read_items(urls_path, "text")
         if journal is None:
             writer = FetchWriter(output)
@@ -315,10 +317,18 @@ def _save_dir(path: str | None) -> str | None:
 
 
 def _stages(
-    options: FetchOptions, workers: int | None, parse_spec: str | None, parse_in: str = "fetch"
+    options: FetchOptions,
+    workers: int | None,
+    parse_spec: str | None,
+    parse_in: str = "fetch",
+    *,
+    lines: bool = False,
 ) -> list[Stage]:
+    """The stages of a fetch command; with ``lines`` the fetch workers give the
+    records as encoded JSON lines (:class:`~spindle._records.JsonLine`)."""
     if parse_spec is None:
-        return [fetch_stage(options, workers=workers, job=fetch_record, name="fetch")]
+        job = fetch_line if lines else fetch_record
+        return [fetch_stage(options, workers=workers, job=job, name="fetch")]
     fn = load_function(parse_spec)
     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
         raise ConfigError(
@@ -326,7 +336,7 @@ def _stages(
             "plain function (def) that takes a Response, run in worker processes"
         )
     if parse_in == "fetch":
-        job = functools.partial(fetch_and_parse, ParseRecord(fn))
+        job = functools.partial(fetch_and_parse, ParseRecord(fn), lines)
         return [fetch_stage(options, workers=workers, job=job, name="fetch")]
     parse = make_stage(
         ParseRecord(fn),
@@ -367,9 +377,16 @@ async def fetch_for_parse(url: str) -> tuple[dict[str, Any], Response]:
     return meta, result.response()
 
 
-async def fetch_and_parse(parse: ParseRecord, url: str) -> dict[str, Any]:
-    """The fetch job with ``--parse-in fetch``: fetch, then parse in this process."""
-    return parse(await fetch_for_parse(url))
+async def fetch_and_parse(parse: ParseRecord, lines: bool, url: str) -> Any:
+    """The fetch job with ``--parse-in fetch``: fetch, then parse in this process
+    (and with ``lines``, encode the record here too)."""
+    record = parse(await fetch_for_parse(url))
+    return encode_line(record) if lines else record
+
+
+async def fetch_line(url: str) -> Any:
+    """The fetch job of a command writing JSON lines: the record, encoded here."""
+    return encode_line((await fetch_result(url)).to_record())
 
 
 class ParseRecord:
