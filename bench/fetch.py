@@ -16,8 +16,15 @@ runner, and stops nginx. Runs nothing, with a message, if nginx is not installed
        └──▶ python -m bench.fetch_peers NAME ┘
             (one fresh process group per run; its RSS sampled, then the group killed)
 
+Every Python runner writes its output, one JSON line per response (``url``,
+``status``, ``headers`` and the body's ``text``), and is timed as a whole command:
+*requests/s* is N over the command's wall time, interpreter start-up and imports
+included; *in-run requests/s* uses the runner's own clock instead (spindle's summary
+line; the peers' timer around their client). wrk's figure is its steady rate.
+
 Each run is checked: N answers of status 200 carrying N times the file's size in
-bytes, or the row says what went wrong. The table shows medians of the runs.
+bytes, and a record written for each, or the row says what went wrong. The table
+shows medians of the runs.
 """
 
 from __future__ import annotations
@@ -284,7 +291,8 @@ def run_spindle(
     return {
         "ok": ok,
         "bytes": size_ok,
-        "rate": ok / seconds,
+        "rate": ok / done["wall"],  # the whole command, start-up included
+        "run_rate": ok / seconds,
         "seconds": seconds,
         "p50": percentile(elapsed, 0.50),
         "p99": percentile(elapsed, 0.99),
@@ -295,13 +303,22 @@ def run_spindle(
     }
 
 
-def run_peer(name: str, urls: Path, concurrency: int) -> dict[str, Any]:
-    done = measure([sys.executable, "-m", "bench.fetch_peers", name, str(urls), str(concurrency)])
+def run_peer(name: str, urls: Path, concurrency: int, workdir: Path) -> dict[str, Any]:
+    output = workdir / f"{name}.jsonl"
+    command = [sys.executable, "-m", "bench.fetch_peers", name, str(urls), str(concurrency)]
+    done = measure([*command, str(output)])
     lines = [line for line in done["stdout"].splitlines() if line.startswith("{")]
     if done["status"] != 0 or not lines:
         return fail(done, name)
     result: dict[str, Any] = json.loads(lines[-1])
-    result["rate"] = result["ok"] / result["seconds"]
+    with open(output, "rb") as f:
+        written = sum(1 for _ in f)
+    result["output_bytes"] = output.stat().st_size
+    output.unlink()
+    if written != result["ok"] + result["errors"]:
+        return {"error": f"WRONG: {written} records written for {result['ok']} answers"}
+    result["run_rate"] = result["ok"] / result["seconds"]
+    result["rate"] = result["ok"] / done["wall"]  # the whole command, start-up included
     result["wall"] = done["wall"]
     result["peak_mb"] = done["peak_mb"]
     return result
@@ -330,25 +347,31 @@ def check(result: dict[str, Any], n: int, size: int) -> str | None:
 
 
 def render(rows: list[Row], n: int, concurrency: int, size_label: str) -> str:
-    """A markdown table: medians of each row, its rate over the best aiohttp script's."""
+    """A markdown table: medians of each row, its rate over the best aiohttp script's
+    and over aiomultiprocess's."""
     best = max((row.median("rate") or 0.0 for row in rows if row.runner in REFERENCES), default=0)
+    amp = next((row.median("rate") or 0.0 for row in rows if row.runner == "aiomultiprocess"), 0)
     head = (
         f"### {n:,} requests of {size_label}, {concurrency} in flight\n\n"
-        "| runner | requests/s | vs best aiohttp script | p50 ms | p99 ms | peak MB | wall s |\n"
-        "|---|---:|---:|---:|---:|---:|---:|\n"
+        "| runner | requests/s | vs best aiohttp script | vs aiomultiprocess "
+        "| in-run requests/s | p50 ms | p99 ms | peak MB | wall s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
     for row in rows:
         label = row.label if row.requests == n else f"{row.label} ({row.requests:,} requests)"
         if row.problem is not None:
-            lines.append(f"| {label} | {row.problem} | | | | | |")
+            lines.append(f"| {label} | {row.problem} | | | | | | | |")
             continue
         rate = row.median("rate") or 0.0
         ratio = f"{rate / best:.2f}x" if best else "-"
+        vs_amp = f"{rate / amp:.2f}x" if amp else "-"
+        run_rate = row.median("run_rate")
+        in_run = "-" if run_rate is None else f"{run_rate:,.0f}"
         lines.append(
-            f"| {label} | {rate:,.0f} | {ratio} | {ms(row.median('p50'))} | "
-            f"{ms(row.median('p99'))} | {row.median('peak_mb') or 0:.0f} | "
-            f"{row.median('wall') or 0:.2f} |"
+            f"| {label} | {rate:,.0f} | {ratio} | {vs_amp} | {in_run} | "
+            f"{ms(row.median('p50'))} | {ms(row.median('p99'))} | "
+            f"{row.median('peak_mb') or 0:.0f} | {row.median('wall') or 0:.2f} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -546,7 +569,7 @@ def main(argv: list[str]) -> None:
                                 urls[row.requests], concurrency, workdir, workers=None
                             )
                         else:
-                            result = run_peer(row.runner, urls[row.requests], concurrency)
+                            result = run_peer(row.runner, urls[row.requests], concurrency, workdir)
                         row.problem = check(result, row.requests, size)
                         row.runs.append(result)
                 print(render(rows, n, concurrency, size_label))
