@@ -428,7 +428,9 @@ class _Execution:
             self.source_thread.start()
             out = self.out
             while chunks := out.get_chunks_blocking():
-                yield from chunks
+                # Everything that arrived during one wait goes as one list: a consumer
+                # writing a list at a time then writes once per wake-up, not per chunk.
+                yield chunks[0] if len(chunks) == 1 else list(chain.from_iterable(chunks))
             completed = True
         finally:
             self._stop_sync(started, completed)

@@ -262,3 +262,37 @@ def test_charset_agrees_with_the_email_parser(content_type: str) -> None:
     except LookupError:
         expected = None
     assert charset({"content-type": content_type}) == expected
+
+
+_URL_PARTS = {
+    "scheme": ["http", "https", "HTTP", "ftp", "Https"],
+    "host": [
+        "example.com",
+        "Example.COM",
+        "a-b.c",
+        "h_x",
+        "h.",
+        "[::1]",
+        "xn--bcher-kva.ex",
+        "1.2.3.4",
+    ],
+    "port": ["", ":", ":80", ":080", ":8443", ":65535", ":65536", ":99999", ":0"],
+    "rest": ["", "/", "/p?q=1", "?x", "#f", "/a/b;c", "/%41"],
+    "user": ["", "user@", "u:p@"],
+}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_routing_key_agrees_with_the_full_parse(seed: int) -> None:
+    """host_of's fast paths give what the worker's full parse gives, for any mix."""
+    from spindle.jobs.fetch._stage import host_of
+
+    rng = random.Random(seed)
+    for _ in range(200):
+        p = {name: rng.choice(values) for name, values in _URL_PARTS.items()}
+        url = f"{p['scheme']}://{p['user']}{p['host']}{p['port']}{p['rest']}"
+        try:
+            expected = host_key(parse_url(url))
+        except BadURL:
+            expected = ""
+        assert host_of(url) == expected, url

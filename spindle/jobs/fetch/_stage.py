@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import heapq
+import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -289,11 +290,20 @@ def host_of(url: Any) -> str:
     """The routing key of a URL: its ``host:port``; ``""`` for a URL that will fail
     anyway, so that routing never raises.
 
-    The parent computes it for every URL, so a plain ASCII URL takes the standard
-    library's split, several times cheaper than a full parse; it gives the same key
-    (a lowercased host, the scheme's port when none is written). Anything else, or
-    anything odd, goes through :func:`parse_url`.
+    The parent computes it for every URL, so the usual URL (``http(s)://name[:port]``
+    then a path) is read by one regular expression, any other ASCII URL by the
+    standard library's split, both several times cheaper than a full parse and giving
+    the same key (a lowercased host, the scheme's port when none is written).
+    Anything else, or anything odd, goes through :func:`parse_url`.
     """
+    if type(url) is str:
+        simple = _SIMPLE_URL.match(url)
+        if simple is not None:  # most URLs: no split at all
+            scheme, host, port = simple.groups()
+            if port is None:
+                return f"{host.lower()}:{_DEFAULT_PORTS[scheme]}"
+            if int(port) <= 65535:
+                return f"{host.lower()}:{int(port)}"
     if type(url) is str and url.isascii():
         try:
             parts = urlsplit(url)
@@ -311,6 +321,9 @@ def host_of(url: Any) -> str:
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: ``http(s)://host[:port]`` then a path, query, fragment or the end: a name of
+#: letters, digits, dots and hyphens, no user info, no IPv6, no percent sign.
+_SIMPLE_URL = re.compile(r"(https?)://([A-Za-z0-9.-]+)(?::([0-9]{1,5}))?(?=[/?#]|\Z)")
 
 
 async def fetch_result(url: str) -> FetchResult:
