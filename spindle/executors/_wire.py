@@ -42,7 +42,7 @@ def frame(op: int, ident: int, payload: bytes = b"") -> list[bytes]:
 
 
 class FrameReader:
-    """Blocking reader of frames from a socket (the worker's side)."""
+    """Blocking reader of frames from a socket (a spawned worker's INIT, sync workers)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._file = sock.makefile("rb", buffering=1 << 16)
@@ -63,7 +63,7 @@ class FrameReader:
 
 
 class FrameParser:
-    """Incremental parser of frames from received chunks (the parent's side)."""
+    """Incremental parser of frames from received chunks (the parent, and async workers)."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
