@@ -640,6 +640,11 @@ def run_journaled(
 # -- the command line ---------------------------------------------------------------
 
 
+def input_identity(path: str) -> str:
+    """How a journal's fingerprint names its input: the absolute path, or ``-``."""
+    return "-" if path == "-" else str(Path(path).absolute())
+
+
 def map_fingerprint(
     fn: Callable[..., Any], spec: str, input_path: str, fmt: str, key: str | None
 ) -> str:
@@ -647,7 +652,7 @@ def map_fingerprint(
     module = getattr(fn, "__module__", None)
     name = getattr(fn, "__qualname__", None)
     function = f"{module}:{name}" if module and name else spec
-    source = "-" if input_path == "-" else str(Path(input_path).absolute())
+    source = input_identity(input_path)
     text = f"map {function} {source} --format {fmt}"
     return text + (f" --key {key}" if key is not None else "")
 

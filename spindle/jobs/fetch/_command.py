@@ -39,7 +39,6 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import click
@@ -52,6 +51,7 @@ from spindle._journaled import (
     JournaledMap,
     RecordShape,
     check_journal_options,
+    input_identity,
     journal_options,
     open_journal,
     text_key,
@@ -284,8 +284,9 @@ def open_fetch_journal(
     The journal is identified by the URL file and the parse function: other options
     (limits, timeouts) change how the URLs are fetched, not what a record holds.
     """
-    source = "-" if urls_path == "-" else str(Path(urls_path).absolute())
-    fingerprint = f"fetch {source}" + (f" --parse {parse_spec}" if parse_spec else "")
+    fingerprint = f"fetch {input_identity(urls_path)}"
+    if parse_spec:
+        fingerprint += f" --parse {parse_spec}"
     opened = open_journal(
         journal,
         output,
