@@ -167,3 +167,46 @@ async def test_journal_options_without_a_journal_are_a_usage_error(tmp_path: Pat
     )
     assert code == 2
     assert "--retry-failed applies only to a journaled run: add --journal PATH" in err
+
+
+@pytest.mark.asyncio
+async def test_ctrl_c_drains_records_and_the_rerun_fetches_the_rest(serve, tmp_path: Path) -> None:
+    gate = asyncio.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        await gate.wait()
+        return web.Response(text=f"page {request.match_info['n']}")
+
+    server = await serve({"/page/{n}": held})
+    urls = [server.url(f"/page/{n}") for n in range(200)]
+    await write_urls(tmp_path / "urls.txt", urls)
+    args = ["urls.txt", "-o", "out.jsonl", "--journal", "j.db", "-q", "--robots", "ignore",
+            "--workers", "1", "--concurrency", "4", "--per-host", "4", "--grace", "30"]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "spindle", "fetch", *args, cwd=tmp_path,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        await server.meter.reached(4, within=60)  # four requests held at the server
+        proc.send_signal(signal.SIGINT)
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert b"stopping: no new jobs" in line
+        gate.set()  # the held requests finish within the grace period, and are recorded
+        rest = await asyncio.wait_for(proc.stderr.read(), 30)
+        assert await proc.wait() == 130, rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    first = server.count()
+    assert 4 <= first < 200
+    totals = await asyncio.to_thread(journal_totals, tmp_path / "j.db")
+    assert totals["done"] == first  # every answer that came back is recorded
+
+    code, _, err = await spindle_fetch(*args, cwd=tmp_path)
+
+    assert code == 0, err
+    assert server.count() == 200  # each URL fetched once over both runs
+    records = await asyncio.to_thread(read_jsonl, tmp_path / "out.jsonl")
+    assert sorted(r["url"] for r in records) == sorted(urls)
