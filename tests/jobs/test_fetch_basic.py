@@ -135,8 +135,8 @@ async def test_leaving_the_context_closes_every_connection(serve) -> None:
     async with Fetcher(TEST_OPTIONS) as fetcher:
         await asyncio.gather(*(fetcher.fetch(server.url(f"/{i}")) for i in range(8)))
         assert open_sockets() - before  # kept alive for reuse
-        session = fetcher._session  # held, so that only closing can free its sockets
-    assert session is not None and session.closed
+        client = fetcher._client  # held, so that only closing can free its sockets
+    assert client is not None and client.closed
     # The server closes its ends when it sees ours close, a few loop turns later.
     for _ in range(20):
         if not open_sockets() - before:

@@ -20,9 +20,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-import aiohttp
+from ._http import Response
 
-CHUNK = 64 * 1024
 #: Bytes gathered before one write to disk: fewer thread hops, still a small buffer.
 WRITE_BUFFER = 256 * 1024
 
@@ -43,42 +42,27 @@ class Saved:
     sha256: str
 
 
-def check_length(response: aiohttp.ClientResponse, max_bytes: int) -> None:
+def check_length(response: Response, max_bytes: int) -> None:
     """Refuse a body whose declared length is over the limit, before reading it."""
     length = response.content_length
     if length is not None and length > max_bytes:
         raise TooLarge(f"too large: Content-Length {length} exceeds max_bytes {max_bytes}")
 
 
-async def read_body(
-    response: aiohttp.ClientResponse, max_bytes: int, *, truncate: bool = False
-) -> bytes:
+async def read_body(response: Response, max_bytes: int, *, truncate: bool = False) -> bytes:
     """The whole body, or :class:`TooLarge` (or the first bytes, if ``truncate``)."""
     if not truncate:
         check_length(response, max_bytes)
-        length = response.content_length
-        if length is not None and not response.headers.get("Content-Encoding"):
-            # Declared and within the limit (a server sending more than it declared is
-            # cut off by aiohttp's parser): one read, no chunk loop. A compressed body
-            # may inflate past its length, so it takes the guarded loop below.
-            return await response.read()
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(CHUNK):
-        body += chunk
-        if len(body) > max_bytes:
-            if truncate:
-                del body[max_bytes:]
-                break
-            raise TooLarge(f"too large: more than max_bytes {max_bytes} bytes")
-    return bytes(body)
+    body = await response.read(max_bytes, truncate=truncate)
+    if body is None:
+        raise TooLarge(f"too large: more than max_bytes {max_bytes} bytes")
+    return body
 
 
-async def save_body(
-    response: aiohttp.ClientResponse, max_bytes: int, directory: str, stem: str
-) -> Saved:
+async def save_body(response: Response, max_bytes: int, directory: str, stem: str) -> Saved:
     """Stream the body to ``directory/stem.ext``, hashing it on the way."""
     check_length(response, max_bytes)
-    suffix = extension(response.headers.get("Content-Type"), response.url.path)
+    suffix = extension(response.headers.get("content-type"), response.url.path)
     final = os.path.join(directory, stem + suffix)
     spool = await asyncio.to_thread(_Spool, directory)
     committed = False
@@ -86,7 +70,7 @@ async def save_body(
         digest = hashlib.sha256()
         size = 0
         pending = bytearray()
-        async for chunk in response.content.iter_chunked(CHUNK):
+        async for chunk in response.chunks():
             size += len(chunk)
             if size > max_bytes:
                 raise TooLarge(f"too large: more than max_bytes {max_bytes} bytes")

@@ -1,4 +1,4 @@
-"""The Fetcher: one aiohttp session, many hosts, every URL ending as a result or a failure.
+"""The Fetcher: one HTTP client, many hosts, every URL ending as a result or a failure.
 
 One ``fetch(url)``::
 
@@ -18,14 +18,11 @@ One ``fetch(url)``::
      ├─ retryable     ─▶ release every slot, back off (≥ Retry-After), next attempt
      └─ permanent     ─▶ FetchFailed
 
-Redirects are followed here rather than by aiohttp so that every hop goes through
-its own host's robots.txt, limits, spacing and breaker. Each attempt decides what
-happened in plain code (``_Outcome``); waiting for a retry happens outside every
-slot, so a backing-off request never holds capacity another host could use.
-
-aiohttp itself resends a GET once when a connection drops before the response
-starts (RFC 9112, section 9.3.1), so a server may see one request more than
-``attempts`` counts.
+Redirects are followed here so that every hop goes through its own host's
+robots.txt, limits, spacing and breaker. Each attempt decides what happened in plain
+code (``_Outcome``); waiting for a retry happens outside every slot, so a backing-off
+request never holds capacity another host could use. The HTTP exchange itself is
+:mod:`._http`'s (why not aiohttp's client: see there).
 """
 
 from __future__ import annotations
@@ -34,18 +31,28 @@ import asyncio
 import hashlib
 import os
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-import aiohttp
 from yarl import URL
 
 from ._body import Saved, TooLarge, read_body, save_body
 from ._errors import FetchFailed
 from ._hosts import Host
+from ._http import (
+    BadResponse,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectTimeout,
+    HttpClient,
+    HttpError,
+    ReadTimeout,
+    Response,
+    TLSFailed,
+    TotalTimeout,
+)
+from ._limiter import AdaptiveLimit
 from ._options import FetchOptions
 from ._response import FetchResult
 from ._retry import (
@@ -103,8 +110,10 @@ class Fetcher:
 
     def __init__(self, options: FetchOptions | None = None) -> None:
         self.options = options or FetchOptions()
-        self._session: aiohttp.ClientSession | None = None
-        self._slots = asyncio.Semaphore(self.options.concurrency)
+        self._client: HttpClient | None = None
+        self._slots = AdaptiveLimit(self.options.concurrency)  # never adapted: a fair FIFO
+        #: The loop the Fetcher was opened on (looked up once: this is every request's path).
+        self._loop: asyncio.AbstractEventLoop
         self._hosts: dict[str, Host] = {}
         self._rng = random.Random()
         self._in_flight = 0
@@ -112,27 +121,20 @@ class Fetcher:
         self._failed = 0
 
     async def __aenter__(self) -> Self:
-        if self._session is not None:
+        if self._client is not None:
             raise RuntimeError("this Fetcher is already open")
+        self._loop = asyncio.get_running_loop()
         options = self.options
         if options.save_dir is not None:
             await asyncio.to_thread(os.makedirs, options.save_dir, exist_ok=True)
-        connector = aiohttp.TCPConnector(
-            limit=options.concurrency,
-            limit_per_host=0,  # per-host limits are the Fetcher's own (AIMD)
-            ttl_dns_cache=_DNS_TTL,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=options.total_timeout,
-                connect=options.connect_timeout,
-                sock_read=options.read_timeout,
-            ),
-            headers={"User-Agent": options.user_agent},
-            # A crawl's cookies would grow without bound and leak between hosts.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            raise_for_status=False,
+        # No cookies are kept: a crawl's would grow without bound and leak between hosts.
+        self._client = HttpClient(
+            user_agent=options.user_agent,
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            max_idle=options.concurrency,
+            dns_ttl=_DNS_TTL,
+            total_message=f"timed out (total_timeout {options.total_timeout:g} s)",
         )
         return self
 
@@ -146,9 +148,9 @@ class Fetcher:
 
     async def aclose(self) -> None:
         """Close every connection; waits until the sockets are closed."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
 
     # -- public ---------------------------------------------------------------
 
@@ -158,13 +160,13 @@ class Fetcher:
         Any HTTP answer that is not retried is a result, whatever its status
         (a 404 is a fact about the URL, not a failure of the fetch).
         """
-        session = self._session
-        if session is None:
+        client = self._client
+        if client is None:
             raise RuntimeError("the Fetcher is not open: use `async with Fetcher(...) as f:`")
-        began = asyncio.get_running_loop().time()
+        began = self._loop.time()
         self._in_flight += 1
         try:
-            result = await self._fetch(session, url, began)
+            result = await self._fetch(client, url, began)
         except FetchFailed:
             self._failed += 1
             raise
@@ -191,7 +193,7 @@ class Fetcher:
         }
 
     def __repr__(self) -> str:
-        state = "open" if self._session is not None else "closed"
+        state = "open" if self._client is not None else "closed"
         return (
             f"<Fetcher {state}: {_n(self._in_flight)} in flight, {_n(len(self._hosts))} hosts, "
             f"{_n(self._done)} done, {_n(self._failed)} failed>"
@@ -199,7 +201,7 @@ class Fetcher:
 
     # -- one URL --------------------------------------------------------------
 
-    async def _fetch(self, session: aiohttp.ClientSession, url: str, began: float) -> FetchResult:
+    async def _fetch(self, client: HttpClient, url: str, began: float) -> FetchResult:
         try:
             target = parse_url(url)
         except BadURL as exc:
@@ -208,10 +210,10 @@ class Fetcher:
         while True:
             host = self._host(target)
             if self.options.robots and not host.dead:
-                rules = await self._robots(session, host, target)
+                rules = await self._robots(client, host, target)
                 if not rules.allows(str(target), self.options.user_agent):
                     raise FetchFailed("disallowed by robots.txt", url)
-            outcome, attempts = await self._attempts(session, host, target, url)
+            outcome, attempts = await self._attempts(client, host, target, url)
             if isinstance(outcome, _Done):
                 saved = outcome.saved
                 return FetchResult(
@@ -219,7 +221,7 @@ class Fetcher:
                     final_url=outcome.final_url,
                     status=outcome.status,
                     headers=outcome.headers,
-                    elapsed=asyncio.get_running_loop().time() - began,
+                    elapsed=self._loop.time() - began,
                     attempts=attempts,
                     body=outcome.body,
                     path=saved.path if saved else None,
@@ -243,7 +245,7 @@ class Fetcher:
             chain.append(location)
 
     async def _attempts(
-        self, session: aiohttp.ClientSession, host: Host, target: URL, url: str
+        self, client: HttpClient, host: Host, target: URL, url: str
     ) -> tuple[_Done | _Redirect, int]:
         """Try one hop until it answers, fails for good, or runs out of retries."""
         base, cap = self.options.backoff
@@ -252,7 +254,7 @@ class Fetcher:
             if host.dead:
                 raise FetchFailed(host.dead_reason, url, attempt)
             attempt += 1
-            outcome = await self._attempt(session, host, target, url)
+            outcome = await self._attempt(client, host, target, url)
             if isinstance(outcome, _Done | _Redirect):
                 return outcome, attempt
             if isinstance(outcome, _Fail):
@@ -275,102 +277,114 @@ class Fetcher:
                     )
                 wait = max(wait, outcome.retry_after)
                 # The server asked the whole host to wait, not just this request.
-                host.hold_off(asyncio.get_running_loop().time() + outcome.retry_after)
+                host.hold_off(self._loop.time() + outcome.retry_after)
             await asyncio.sleep(wait)
 
-    async def _attempt(
-        self, session: aiohttp.ClientSession, host: Host, target: URL, url: str
-    ) -> _Outcome:
+    async def _attempt(self, client: HttpClient, host: Host, target: URL, url: str) -> _Outcome:
         """One request: classify whatever happens into an outcome; never raises
         for a network or HTTP problem."""
-        loop = asyncio.get_running_loop()
-        options = self.options
-        async with self._turn(host):
+        await self._enter_turn(host)
+        try:
             if host.dead:  # the breaker opened while this request waited its turn
                 return _Fail(host.dead_reason, sent=False)
-            started = loop.time()
+            started = self._loop.time()
+            total = self.options.total_timeout
             try:
-                async with session.get(target, allow_redirects=False) as response:
-                    status = response.status
-                    location = response.headers.get("Location")
-                    if status in RETRY_STATUSES:
-                        host.on_response(
-                            status, loop.time() - started, throttle=status in THROTTLE_STATUSES
-                        )
-                        return _Retry(
-                            f"HTTP {status} {response.reason or ''}".rstrip(),
-                            parse_retry_after(response.headers.get("Retry-After")),
-                        )
-                    if status in REDIRECT_STATUSES and location:
-                        host.on_response(status, loop.time() - started, throttle=False)
-                        try:
-                            return _Redirect(str(response.url.join(URL(location))))
-                        except ValueError as exc:
-                            return _Fail(f"invalid redirect target: {location!r} ({exc})", exc)
-                    body: bytes | None = None
-                    saved: Saved | None = None
-                    try:
-                        if options.save_dir is None:
-                            body = await read_body(response, options.max_bytes)
-                        else:
-                            saved = await save_body(
-                                response, options.max_bytes, options.save_dir, _file_stem(url)
-                            )
-                    except TooLarge as exc:
-                        response.close()  # drop the connection rather than drain it
-                        host.on_response(status, loop.time() - started, throttle=False)
-                        return _Fail(str(exc))
-                    except aiohttp.ClientError:
-                        raise
-                    except OSError as exc:
-                        return _Fail(f"cannot save to {options.save_dir}: {exc}", exc)
-                    host.on_response(status, loop.time() - started, throttle=False)
-                    return _Done(str(response.url), status, _headers(response), body, saved)
-            except aiohttp.ClientError as exc:
+                response = await client.get(target, None if total is None else started + total)
+                try:
+                    return await self._answer(response, host, url, started)
+                finally:
+                    response.release()
+            except HttpError as exc:
                 return self._client_error(host, exc)
-            except TimeoutError as exc:
-                host.on_error(connection=False)
-                return _Retry(f"timed out (total_timeout {options.total_timeout:g} s)", None, exc)
+        finally:
+            self._leave_turn(host)
 
-    def _client_error(self, host: Host, exc: aiohttp.ClientError) -> _Outcome:
+    async def _answer(self, response: Response, host: Host, url: str, started: float) -> _Outcome:
+        """What an answer means: a retry, a redirect, or a result with its body."""
+        now = self._loop.time
         options = self.options
-        if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ServerFingerprintMismatch):
-            host.on_error(connection=False)
-            return _Fail(f"TLS error: {exc}", exc)
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            host.on_error(connection=True)
-            return _Retry(f"connect timeout ({options.connect_timeout:g} s)", None, exc)
-        if isinstance(exc, aiohttp.SocketTimeoutError):
-            host.on_error(connection=False)
-            return _Retry(f"read timeout ({options.read_timeout:g} s)", None, exc)
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            host.on_error(connection=True)
-            what = "connection refused" if isinstance(exc.os_error, ConnectionRefusedError) else ""
-            return _Retry(f"cannot connect: {what or exc}", None, exc)
-        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
-            host.on_error(connection=True)
-            return _Retry(f"connection lost: {exc or type(exc).__name__}", None, exc)
-        host.on_error(connection=False)
-        if isinstance(exc, aiohttp.InvalidURL):
-            return _Fail(f"invalid URL: {exc}", exc)
-        return _Fail(f"bad response: {exc}", exc)
-
-    @asynccontextmanager
-    async def _turn(self, host: Host) -> AsyncIterator[None]:
-        """Hold a per-host slot and a global slot, starting no earlier than the
-        host's spacing allows."""
-        loop = asyncio.get_running_loop()
-        async with host.limiter:
-            async with host.gate:
-                # The start time can move while we sleep (a Retry-After), so look again.
-                while (delay := host.delay(loop.time())) > 0:  # noqa: ASYNC110
-                    await asyncio.sleep(delay)
-                await self._slots.acquire()
-                host.start(loop.time())
+        status = response.status
+        headers = response.headers
+        if status in RETRY_STATUSES:
+            host.on_response(status, now() - started, throttle=status in THROTTLE_STATUSES)
+            return _Retry(
+                f"HTTP {status} {response.reason or ''}".rstrip(),
+                parse_retry_after(headers.get("retry-after")),
+            )
+        location = headers.get("location")
+        if status in REDIRECT_STATUSES and location:
+            host.on_response(status, now() - started, throttle=False)
             try:
-                yield
-            finally:
-                self._slots.release()
+                return _Redirect(str(response.url.join(URL(location))))
+            except ValueError as exc:
+                return _Fail(f"invalid redirect target: {location!r} ({exc})", exc)
+        body: bytes | None = None
+        saved: Saved | None = None
+        try:
+            if options.save_dir is None:
+                body = await read_body(response, options.max_bytes)
+            else:
+                saved = await save_body(
+                    response, options.max_bytes, options.save_dir, _file_stem(url)
+                )
+        except TooLarge as exc:
+            # release() drops the connection rather than drain the rest of the body.
+            host.on_response(status, now() - started, throttle=False)
+            return _Fail(str(exc))
+        except HttpError:
+            raise
+        except OSError as exc:
+            return _Fail(f"cannot save to {options.save_dir}: {exc}", exc)
+        host.on_response(status, now() - started, throttle=False)
+        return _Done(str(response.url), status, headers, body, saved)
+
+    def _client_error(self, host: Host, exc: HttpError) -> _Outcome:
+        if isinstance(exc, TLSFailed):
+            host.on_error(connection=False)
+            return _Fail(str(exc), exc)
+        if isinstance(exc, ConnectTimeout | ConnectFailed | ConnectionLost):
+            host.on_error(connection=True)
+            return _Retry(str(exc), None, exc)
+        if isinstance(exc, ReadTimeout | TotalTimeout):
+            host.on_error(connection=False)
+            return _Retry(str(exc), None, exc)
+        host.on_error(connection=False)
+        assert isinstance(exc, BadResponse)
+        return _Fail(str(exc), exc)
+
+    async def _enter_turn(self, host: Host) -> None:
+        """Take a per-host slot and a global slot, starting no earlier than the host's
+        spacing allows; :meth:`_leave_turn` gives them back.
+
+        The usual case (slots free, nobody waiting for the host's next start, no spacing
+        due) takes both without a single await: this runs for every request.
+        """
+        limiter = host.limiter
+        if not limiter.try_acquire():
+            await limiter.acquire()
+        try:
+            now = self._loop.time()
+            if not host.gate.locked() and host.delay(now) <= 0 and self._slots.try_acquire():
+                host.start(now)
+                return
+            await self._wait_turn(host)
+        except BaseException:
+            limiter.release()
+            raise
+
+    async def _wait_turn(self, host: Host) -> None:
+        loop = self._loop
+        async with host.gate:
+            # The start time can move while we sleep (a Retry-After), so look again.
+            while (delay := host.delay(loop.time())) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(delay)
+            await self._slots.acquire()
+            host.start(loop.time())
+
+    def _leave_turn(self, host: Host) -> None:
+        self._slots.release()
+        host.limiter.release()
 
     # -- hosts and robots.txt ---------------------------------------------------
 
@@ -381,25 +395,28 @@ class Fetcher:
             host = self._hosts[key] = Host(key, self.options)
         return host
 
-    async def _robots(self, session: aiohttp.ClientSession, host: Host, target: URL) -> RobotsRules:
+    async def _robots(self, client: HttpClient, host: Host, target: URL) -> RobotsRules:
         if host.robots is None:
             async with host.robots_lock:
                 if host.robots is None:
-                    rules = await self._load_robots(session, host, target)
-                    host.set_robots(rules, asyncio.get_running_loop().time())
+                    rules = await self._load_robots(client, host, target)
+                    host.set_robots(rules, self._loop.time())
         assert host.robots is not None
         return host.robots
 
-    async def _load_robots(
-        self, session: aiohttp.ClientSession, host: Host, target: URL
-    ) -> RobotsRules:
+    async def _load_robots(self, client: HttpClient, host: Host, target: URL) -> RobotsRules:
         """robots.txt of the host: 4xx means no rules; 5xx or no answer also
         means no rules, but the status says the file could not be read."""
-        loop = asyncio.get_running_loop()
-        async with self._turn(host):
+        loop = self._loop
+        await self._enter_turn(host)
+        try:
             started = loop.time()
+            total = self.options.total_timeout
             try:
-                async with session.get(target.join(URL("/robots.txt"))) as response:
+                response = await client.get(
+                    target.join(URL("/robots.txt")), None if total is None else started + total
+                )
+                try:
                     status = response.status
                     if 200 <= status < 300:
                         body = await read_body(response, ROBOTS_MAX_BYTES, truncate=True)
@@ -408,24 +425,20 @@ class Fetcher:
                         rules = RobotsRules.allow_all(f"none (HTTP {status})")
                     else:
                         rules = RobotsRules.allow_all(f"unavailable (HTTP {status})")
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                finally:
+                    response.release()
+            except HttpError as exc:
                 host.on_error(connection=False)
                 return RobotsRules.allow_all(f"unavailable ({type(exc).__name__}: {exc})")
             host.on_response(status, loop.time() - started, throttle=False)
             return rules
+        finally:
+            self._leave_turn(host)
 
 
 def _n(count: int) -> str:
     """``1 024``: thousands set apart by a space, as in every spindle figure."""
     return f"{count:,}"
-
-
-def _headers(response: aiohttp.ClientResponse) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, value in response.headers.items():
-        key = name.lower()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return headers
 
 
 def _file_stem(url: str) -> str:

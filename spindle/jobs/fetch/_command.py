@@ -37,6 +37,7 @@ import dataclasses
 import functools
 import inspect
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -57,7 +58,16 @@ from spindle._journaled import (
     text_key,
 )
 from spindle._loading import load_function
-from spindle._records import Items, RecordWriter, encode_line, read_items
+from spindle._records import (
+    WRITTEN,
+    AppendLines,
+    Items,
+    OutputError,
+    RecordWriter,
+    WriteFailed,
+    encode_line,
+    read_items,
+)
 from spindle._report import Observers, observe_options
 
 from ._errors import FetchFailed
@@ -222,8 +232,18 @@ def fetch_command(
         if parse_in is not None and parse_spec is None:
             raise ConfigError(f"--parse-in {parse_in} needs --parse MODULE:FUNC")
         # Without a journal the output is JSON lines written as they come: the fetch
-        # workers encode the records, the parent only writes them.
-        stages = _stages(options, workers, parse_spec, parse_in or "fetch", lines=journal is None)
+        # workers encode the records and, into a regular file, append them too.
+        append_to = None
+        if journal is None and _regular_file(output):
+            append_to = os.path.abspath(output)
+        stages = _stages(
+            options,
+            workers,
+            parse_spec,
+            parse_in or "fetch",
+            lines=journal is None,
+            append_to=append_to,
+        )
         items = read_items(urls_path, "text")
         if journal is None:
             writer = FetchWriter(output)
@@ -298,6 +318,18 @@ def open_fetch_journal(
     return JournaledMap(opened, text_key, text_key, FETCH_SHAPE)
 
 
+def _regular_file(path: str) -> bool:
+    """Whether OUTPUT is (or will be created as) a regular file."""
+    if path == "-":
+        return False
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # the writer reports it
+
+
 def _size(text: str) -> int:
     size = parse_bytes(text)
     assert size is not None
@@ -324,11 +356,16 @@ def _stages(
     parse_in: str = "fetch",
     *,
     lines: bool = False,
+    append_to: str | None = None,
 ) -> list[Stage]:
     """The stages of a fetch command; with ``lines`` the fetch workers give the
-    records as encoded JSON lines (:class:`~spindle._records.JsonLine`)."""
+    records as encoded JSON lines (:class:`~spindle._records.JsonLine`), and with
+    ``append_to`` they append those lines to that file themselves (:class:`AppendLines`)."""
+    lines = lines or append_to is not None
     if parse_spec is None:
-        job = fetch_line if lines else fetch_record
+        job: Callable[[str], Any] = fetch_line if lines else fetch_record
+        if append_to is not None:
+            job = AppendLines(append_to, job)
         return [fetch_stage(options, workers=workers, job=job, name="fetch")]
     fn = load_function(parse_spec)
     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
@@ -338,6 +375,8 @@ def _stages(
         )
     if parse_in == "fetch":
         job = functools.partial(fetch_and_parse, ParseRecord(fn), lines)
+        if append_to is not None:
+            job = AppendLines(append_to, job)
         return [fetch_stage(options, workers=workers, job=job, name="fetch")]
     parse = make_stage(
         ParseRecord(fn),
@@ -414,6 +453,21 @@ class FetchWriter(RecordWriter):
 
     def failure(self, failure: Failure, item: Any) -> None:
         super().failure(_with_reason(failure, item), item)
+
+    def results(self, pairs: list[tuple[Any, Any]]) -> None:
+        if pairs[-1][1] is WRITTEN and all(value is WRITTEN for _, value in pairs):
+            self.written += len(pairs)  # appended by the workers
+            return
+        for item, value in pairs:
+            self.result(item, value)
+
+    def result(self, item: Any, value: Any) -> None:
+        if value is WRITTEN:
+            self.written += 1
+        elif type(value) is WriteFailed:
+            raise OutputError(value.message)
+        else:
+            super().result(item, value)
 
 
 def _with_reason(failure: Failure, item: Any) -> Failure:

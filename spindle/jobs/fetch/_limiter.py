@@ -41,9 +41,15 @@ class AdaptiveLimit:
             self._limit = min(float(self.ceiling), self._limit + 1.0 / self.limit)
             self._wake()
 
-    async def acquire(self) -> None:
-        if not self._waiters and self.in_flight < self.limit:
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody waits for one; never waits."""
+        if not self._waiters and self.in_flight < self._limit:
             self.in_flight += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
