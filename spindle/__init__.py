@@ -69,7 +69,7 @@ _LAZY = {
     "Results": "._core.pipeline",
     "StageStats": "._core.stage",
     "Stage": "._core.stage",
-    "fetch": ".jobs.fetch",  # loads aiohttp: only when asked for
+    "fetch": ".jobs.fetch",  # loads the HTTP client: only when asked for
 }
 
 

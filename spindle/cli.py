@@ -31,8 +31,8 @@ class UsageProblem(click.ClickException):
 class _Commands(click.Group):
     """The command group; a command whose module is heavy is imported when it runs.
 
-    ``spindle fetch`` loads aiohttp and its TLS context, a few hundred milliseconds
-    that ``spindle map`` and ``spindle status`` should not pay at every start.
+    ``spindle fetch`` loads its HTTP client, TLS and URL modules, a few hundred
+    milliseconds that ``spindle map`` and ``spindle status`` should not pay at every start.
     """
 
     LAZY = {"fetch": ("spindle.jobs.fetch._command", "fetch_command")}

@@ -1,7 +1,8 @@
 """HTTP fetching for spindle: many URLs from one event loop, fast and polite per host.
 
-A :class:`Fetcher` owns one aiohttp session and all per-host state, so the engine
-runs one Fetcher per worker process and routes each host to one worker::
+A :class:`Fetcher` owns one HTTP client (its keep-alive connections) and all
+per-host state, so the engine runs one Fetcher per worker process and routes each
+host to one worker::
 
     async with Fetcher(FetchOptions(per_host=4, rate=2.0)) as fetcher:
         result = await fetcher.fetch("https://example.com/")
