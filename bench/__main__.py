@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import work
+from . import compile_spindle, work
 from .report import render, summarize
 from .runners import WORKLOADS
 
@@ -171,6 +171,7 @@ def stop(signum: int, _frame: object) -> None:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
+    compile_spindle()
     for signum in (signal.SIGINT, signal.SIGTERM):  # even when started in the background
         signal.signal(signum, stop)
     loops = int(os.environ.get(work.LOOPS_ENV) or calibrate())

@@ -51,6 +51,7 @@ from typing import Any
 
 import orjson
 
+from . import compile_spindle
 from .fetch_peers import PEERS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -530,6 +531,7 @@ def find_nginx() -> str | None:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
+    compile_spindle()
     binary = find_nginx()
     if binary is None:
         print(

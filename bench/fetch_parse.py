@@ -42,6 +42,7 @@ from typing import Any
 
 import orjson
 
+from . import compile_spindle
 from .fetch import fail, find_nginx, measure, nginx, versions
 from .fetch_parse_peers import PEERS
 
@@ -318,6 +319,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
+    compile_spindle()
     binary = find_nginx()
     if binary is None:
         print("bench.fetch_parse: nginx is not installed, nothing to measure")

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import compile_spindle
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: name -> (job in bench.work, kind, full size, quick size)
@@ -222,6 +224,7 @@ def main(argv: list[str]) -> None:
     if args.workload:
         one(args)
         return
+    compile_spindle()
     repeat = args.repeat or (1 if args.quick else 3)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="spindle-bench-journal-") as tmp:
