@@ -74,7 +74,7 @@ def table(columns: list[Column], rows: list[Row]) -> str:
 
 
 def is_peer(row: Row) -> bool:
-    return bool(row["runner"] != "spindle" and row["status"] == "ok")
+    return bool(row["runner"] not in ("spindle", "ceiling") and row["status"] == "ok")
 
 
 def find(rows: list[Row], runner: str) -> Row | None:
@@ -107,9 +107,12 @@ def paired_speedup(serial: Row | None, row: Row) -> float | None:
 
 def medium_columns(rows: list[Row]) -> list[Column]:
     serial_row = find(rows, "serial")
+    ceiling_row = find(rows, "ceiling")
     return [
         ("seconds", lambda row: num(row["seconds"])),
         ("speed-up vs serial", lambda row: ratio(paired_speedup(serial_row, row))),
+        # The same pairing against the ceiling row: how much of the machine a runner got.
+        ("of ceiling", lambda row: ratio(paired_speedup(ceiling_row, row))),
         ("tree MB", lambda row: num(row["tree_mb"], 0)),
         ("spread", spread),
     ]
@@ -177,7 +180,8 @@ SECTIONS: dict[str, tuple[Callable[[list[Row]], list[Column]], str]] = {
     "medium": (
         medium_columns,
         "Wall time; *speed-up*: the serial run's time over the row's run of the same round "
-        "(the runs go round-robin), median over the rounds.",
+        "(the runs go round-robin), median over the rounds; *of ceiling*: the same with the "
+        "ceiling row (the serial loop in two forked processes) in place of the serial run.",
     ),
     "async": (
         async_columns,
