@@ -195,3 +195,22 @@ def test_no_descriptor_number_of_a_dead_worker_is_left_for_forked_children() -> 
     # A forked worker closes the descriptors listed here; a number left behind by a
     # worker whose socket is closed may belong to anything the parent opened since.
     assert not processes._PARENT_FDS
+
+
+@pytest.mark.timeout(60)
+def test_a_big_parent_does_not_make_forked_workers_look_big() -> None:
+    """A forked worker shares its parent's pages: they are not its memory. With a parent
+    holding 250 MB and a 200 MB limit, no worker is retired for memory it does not own."""
+    ballast = bytearray(b"\x01") * (250 * 2**20)  # written, so resident in the parent
+    results = spindle.map(
+        abs,
+        range(20_000),
+        kind="cpu",
+        workers=2,
+        start_method="fork",
+        max_memory_per_worker="200MB",
+    )
+    assert sum(results) == sum(range(20_000))
+    [stage] = results.stats()
+    assert stage.restarts == 0
+    del ballast

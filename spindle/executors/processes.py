@@ -31,8 +31,9 @@ SIGKILL). The item fails with ``Timeout``; the rest of its batch runs again on t
 other workers; a replacement worker starts. This costs one small write per item, and
 only when a timeout is set.
 
-Worker life cycle: ``max_jobs_per_worker`` and ``max_memory_per_worker`` (resident
-memory, which the worker reports after each batch) retire a worker after the batch
+Worker life cycle: ``max_jobs_per_worker`` and ``max_memory_per_worker`` (the resident
+memory the worker holds alone, not pages it shares with its parent since a fork, which
+it reports after each batch) retire a worker after the batch
 that reaches the limit: it gets STOP behind the batches already sent to it, and a
 replacement starts at once.
 
@@ -472,7 +473,7 @@ class ProcessExecutor(Executor):
             sys_path=list(sys.path),
             timeout=self.timeout,
             init=stage.init,
-            report_rss=stage.max_memory_per_worker is not None,
+            memory_limit=stage.max_memory_per_worker,
             reporter=stage.reporter,
         )
         self.reports = (
