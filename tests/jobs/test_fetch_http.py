@@ -146,6 +146,21 @@ async def test_garbage_is_a_bad_response_not_retried(raw_serve, open_fetcher) ->
     assert server.connections == 1
 
 
+async def test_endless_headers_are_a_bad_response(raw_serve, open_fetcher) -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(100_000):  # 3 MB of headers, never ending them
+            writer.write(b"X-Filler-%d: %s\r\n" % (i, b"y" * 20))
+            if i % 1000 == 0:
+                await writer.drain()
+
+    server = await raw_serve(endless)
+    with pytest.raises(FetchFailed) as caught:
+        await (await open_fetcher(retries=0)).fetch(server.url("/"))
+    assert caught.value.reason == "bad response: headers over 64 KiB"
+
+
 def encoded(data: bytes, coding: str) -> bytes:
     if coding == "gzip":
         return gzip.compress(data)

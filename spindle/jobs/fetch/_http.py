@@ -42,6 +42,9 @@ from yarl import URL
 
 #: Body bytes buffered unread before the connection stops reading (back-pressure).
 _HIGH_WATER = 256 * 1024
+#: Largest head of an answer (status line and headers); a server sending more is broken
+#: or hostile, and would otherwise grow the worker's memory until a timeout.
+MAX_HEAD = 64 * 1024
 #: Largest decoded piece produced from one compressed chunk (bounds a decompression bomb).
 _PIECE = 64 * 1024
 #: Seconds an idle connection is kept for reuse (nginx closes them after 75).
@@ -240,6 +243,7 @@ class _Connection(asyncio.Protocol):
         self.until_eof = False
         self.keep_alive = False
         self.received = False
+        self.head_bytes = 0
         self.paused = False
         self.closed = False
         self.lost: asyncio.Future[None] = loop.create_future()
@@ -258,6 +262,7 @@ class _Connection(asyncio.Protocol):
         response = self.response = Response(self, url)
         self.headers_done = self.informational = self.until_eof = False
         self.received = False
+        self.head_bytes = 0
         self.read_timeout = read_timeout
         self.deadline = deadline
         self.transport.write(request)
@@ -391,6 +396,12 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         response = self.response
         assert response is not None
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > MAX_HEAD:
+            if not self.closed:
+                self._fail(BadResponse(f"bad response: headers over {MAX_HEAD // 1024} KiB"))
+                self.abort()
+            return
         if self.informational:
             return
         key = name.decode("latin-1").lower()
