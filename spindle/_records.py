@@ -213,6 +213,12 @@ class AppendLines:
     records were made in. A result that is not a line (a record that cannot
     be written as JSON) goes back to the parent, which fails it with its usual message;
     a failed write (a full disk) comes back as :class:`WriteFailed` and stops the run.
+
+    The one window: a worker killed after appending a line and before its result
+    reaches the parent (a frame is sent at once, so this takes a crash within
+    microseconds, or a parent too slow to read) leaves a line for an item the parent
+    counts as in flight, which then fails or runs again. A journaled run has no such
+    window: its records are written by the parent and committed with the journal.
     """
 
     def __init__(self, path: str, job: Callable[[Any], Awaitable[Any]]) -> None:
