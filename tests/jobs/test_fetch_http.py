@@ -13,12 +13,14 @@ import gzip
 import ssl
 import zlib
 from collections.abc import Awaitable, Callable
+from unittest.mock import patch
 
 import pytest
 import trustme
 from aiohttp import web
 
 from spindle.jobs.fetch import FetchFailed
+from spindle.jobs.fetch import _http as http
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(20)]
 
@@ -186,15 +188,37 @@ async def test_compressed_bodies_are_decoded(serve, open_fetcher, coding: str) -
 
 async def test_a_compressed_body_is_limited_after_decoding(serve, open_fetcher) -> None:
     bomb = gzip.compress(b"\0" * (20 * 1024 * 1024))  # 20 KiB on the wire, 20 MiB inflated
+    inflated = 0
+    real_decompressobj = zlib.decompressobj
+
+    class Counting:
+        """A decompressor that counts what it has inflated, whoever keeps it."""
+
+        def __init__(self, wbits: int) -> None:
+            self.inner = real_decompressobj(wbits)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            nonlocal inflated
+            piece = self.inner.decompress(data, max_length)
+            inflated += len(piece)
+            return piece
+
+        @property
+        def unconsumed_tail(self) -> bytes:
+            return self.inner.unconsumed_tail
+
+        def flush(self) -> bytes:
+            return self.inner.flush()
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return web.Response(body=bomb, headers={"Content-Encoding": "gzip"})
 
     server = await serve({"/": handler})
     fetcher = await open_fetcher(max_bytes=1024 * 1024)
-    with pytest.raises(FetchFailed) as caught:
+    with pytest.raises(FetchFailed) as caught, patch.object(http.zlib, "decompressobj", Counting):
         await fetcher.fetch(server.url("/"))
     assert caught.value.reason == "too large: more than max_bytes 1048576 bytes"
+    assert inflated <= 1024 * 1024 + 64 * 1024  # stopped one piece past the limit
 
 
 async def test_a_corrupt_gzip_body_is_a_bad_response(serve, open_fetcher) -> None:

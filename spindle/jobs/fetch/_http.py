@@ -34,7 +34,7 @@ import socket
 import ssl
 import zlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 import httptools
@@ -189,8 +189,9 @@ class _Decoder:
         self.inflate = zlib.decompressobj(31 if encoding != "deflate" else 15)
         self.started = False
 
-    def feed(self, data: bytes) -> list[bytes]:
-        pieces: list[bytes] = []
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The pieces ``data`` inflates to, made one at a time: a reader that stops at
+        its size limit stops the inflating too, so a bomb never fills memory."""
         try:
             if not self.started and self.encoding == "deflate":
                 self.started = True
@@ -201,14 +202,13 @@ class _Decoder:
                     self.inflate = zlib.decompressobj(-15)  # raw deflate, no zlib header
             while data:
                 piece = self.inflate.decompress(data, _PIECE)
-                if piece:
-                    pieces.append(piece)
                 data = self.inflate.unconsumed_tail
+                if piece:
+                    yield piece
         except zlib.error as exc:
             raise BadResponse(
                 f"bad response: cannot decode the {self.encoding} body: {exc}"
             ) from None
-        return pieces
 
     def flush(self) -> bytes:
         try:
