@@ -9,6 +9,7 @@ a raw deflate stream, garbage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import ssl
 import zlib
@@ -319,3 +320,47 @@ async def test_https_with_an_untrusted_certificate_fails_without_retrying(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_body_that_trickles_past_the_total_timeout_fails(raw_serve, open_fetcher) -> None:
+    """Each byte comes within the read timeout, the whole answer does not: the total
+    deadline ends the attempt, with the option named in the reason."""
+    stop = asyncio.Event()
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        while not stop.is_set():
+            writer.write(b"x")
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.05)
+
+    server = await raw_serve(trickle)
+    fetcher = await open_fetcher(read_timeout=1.0, total_timeout=0.4, retries=0)
+    try:
+        with pytest.raises(FetchFailed) as caught:
+            await fetcher.fetch(server.url("/"))
+    finally:
+        stop.set()
+    assert caught.value.reason == "timed out (total_timeout 0.4 s) (after 1 attempts)"
+
+
+async def test_a_host_is_looked_up_once_for_many_connections(
+    raw_serve, open_fetcher, monkeypatch
+) -> None:
+    lookups: list[str] = []
+    real_lookup = http.HttpClient._lookup
+
+    async def counted(self: http.HttpClient, host: str, port: int) -> list[object]:
+        lookups.append(host)
+        return await real_lookup(self, host, port)
+
+    monkeypatch.setattr(http.HttpClient, "_lookup", counted)
+    server = await raw_serve(answer(b"ok"))
+    fetcher = await open_fetcher()
+    urls = [f"http://localhost:{server.port}/{i}" for i in range(20)]
+    results = await asyncio.gather(*(fetcher.fetch(url) for url in urls))
+    assert all(r.body == b"ok" for r in results)
+    assert server.connections > 1  # several connections were made at once...
+    assert lookups == ["localhost"]  # ...from one lookup

@@ -34,7 +34,7 @@ import socket
 import ssl
 import zlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, cast
 
 import httptools
@@ -231,9 +231,19 @@ def _decoder(encoding: str | None) -> _Decoder | None:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: at most one exchange at a time."""
 
-    def __init__(self, key: tuple[str, str, int], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        key: tuple[str, str, int],
+        loop: asyncio.AbstractEventLoop,
+        pool_return: Callable[[_Connection], None],
+        total_message: str,
+    ) -> None:
         self.key = key
         self.loop = loop
+        #: Puts this connection back in its client's pool once an answer is read whole.
+        self.pool_return = pool_return
+        #: The message of a :class:`TotalTimeout` (the Fetcher names its option in it).
+        self.total_message = total_message
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.response: Response | None = None
@@ -243,6 +253,8 @@ class _Connection(asyncio.Protocol):
         self.until_eof = False
         self.keep_alive = False
         self.received = False
+        #: Whether the connection served an answer before the current one.
+        self.reused = False
         self.head_bytes = 0
         self.paused = False
         self.closed = False
@@ -304,9 +316,6 @@ class _Connection(asyncio.Protocol):
         else:
             self.abort()
 
-    #: Set by the client: puts a finished connection back in its pool.
-    pool_return: Any = None
-
     def drained(self) -> None:
         if self.paused and self.transport is not None and not self.closed:
             self.paused = False
@@ -329,9 +338,6 @@ class _Connection(asyncio.Protocol):
     def _past_deadline(self, waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
             waiter.set_exception(TotalTimeout(self.total_message))
-
-    #: The message of a TotalTimeout (set by the client).
-    total_message = "timed out"
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -383,9 +389,6 @@ class _Connection(asyncio.Protocol):
         else:
             why = f"{type(exc).__name__}: {exc}" if exc is not None else "closed by the server"
             self._fail(ConnectionLost(f"connection lost: {why}"))
-
-    #: Whether the connection served an answer before the current one.
-    reused = False
 
     # -- httptools callbacks ---------------------------------------------------------------
 
@@ -563,9 +566,7 @@ class HttpClient:
         try:
             async with asyncio.timeout_at(deadline if total else limit):
                 for family, address in await self._resolve(host, port):
-                    conn = _Connection(key, loop)
-                    conn.pool_return = self._put_back
-                    conn.total_message = self.total_message
+                    conn = _Connection(key, loop, self._put_back, self.total_message)
                     try:
                         await loop.create_connection(
                             _factory(conn),
