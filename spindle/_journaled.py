@@ -72,7 +72,6 @@ from .journal import status_dict as journal_status_dict
 from .journal import status_text as journal_status_text
 from .journal._base import key_text
 from .journal._status import open_read_only
-from .observe.histogram import LatencyHistogram
 from .observe.rates import StagePoint, TimelinePoint
 from .observe.report import Report, to_json
 from .outputs import FailuresOutput, OutputError, format_for, open_output
@@ -789,12 +788,13 @@ def status_report(path: str, *, as_json: bool = False, plot: str | None = None) 
 
 
 def journal_timeline(path: str | os.PathLike[str], points: int = 120) -> list[TimelinePoint]:
-    """Throughput over run time from the journal's item timestamps, for ``--plot``.
+    """Throughput over run time from the journal's commit times, for ``--plot``.
 
     The x axis is seconds of run time, the runs laid end to end (the time between a crash
-    and the resume is left out). The journal keeps when each item was claimed and when it
-    was recorded, not how long its job ran, so the "latency" percentiles are the time
-    from claim to record: the job plus the time it waited in the pipeline's buffers.
+    and the resume is left out). The journal knows when each commit recorded its items
+    (each failure, and each log row of done keys, or the index row it was merged into),
+    not how long their jobs ran: latency is left out of this plot (``NaN``); the run's
+    report in ``status`` has its percentiles.
     """
     journal, conn = open_read_only(path)
     try:
@@ -810,40 +810,43 @@ def journal_timeline(path: str | os.PathLike[str], points: int = 120) -> list[Ti
         n = int(elapsed / width) + 1
         done = [0] * n
         failed = [0] * n
-        hists = [LatencyHistogram() for _ in range(n)]
-        rows = conn.execute(
-            "SELECT run, state, finished, finished - started FROM items WHERE state != 'pending'"
-        )
+
+        def count(run: int, finished: float | None, state: str, items: int) -> None:
+            offset = offsets.get(run)
+            if offset is None or finished is None:
+                return
+            b = min(max(int((finished + offset) / width), 0), n - 1)
+            if state == "done":
+                done[b] += items
+            else:
+                failed[b] += items
+
+        rows = conn.execute("SELECT run, finished, state FROM items WHERE state != 'pending'")
         while chunk := rows.fetchmany(4096):
-            for run, state, finished, latency in chunk:
-                offset = offsets.get(run)
-                if offset is None or finished is None:
-                    continue
-                b = min(max(int((finished + offset) / width), 0), n - 1)
-                if state == "done":
-                    done[b] += 1
-                else:
-                    failed[b] += 1
-                if latency is not None:
-                    hists[b].record(max(latency, 0.0))
+            for run, finished, state in chunk:
+                count(run, finished, state, 1)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        if "log" in tables:
+            for run, committed, items in conn.execute("SELECT run, committed, n FROM log"):
+                count(run, committed, "done", items)
     except sqlite3.DatabaseError as exc:
         raise JournalCorrupt(f"{journal} is not a readable spindle journal: {exc}") from exc
     finally:
         with contextlib.suppress(sqlite3.Error):
             conn.close()
+    unknown = float("nan")
     timeline: list[TimelinePoint] = []
     total_done = total_failed = 0
     for b in range(n):
         total_done += done[b]
         total_failed += failed[b]
-        p50, p95, p99 = hists[b].percentiles((50.0, 95.0, 99.0))
         stage: StagePoint = {
             "done": total_done,
             "failed": total_failed,
             "rate": (done[b] + failed[b]) / width,
-            "p50": p50,
-            "p95": p95,
-            "p99": p99,
+            "p50": unknown,
+            "p95": unknown,
+            "p99": unknown,
             "in_flight": 0,
             "queued": 0,
         }

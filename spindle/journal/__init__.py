@@ -31,6 +31,7 @@ from ._status import FailureGroup as FailureGroup
 from ._status import JournalStatus as JournalStatus
 from ._status import RunInfo as RunInfo
 from ._status import RunReport as RunReport
+from ._status import item_states as item_states
 from ._status import read_status as read_status
 from ._status import render_status as render_status
 from ._status import status_dict as status_dict
@@ -56,6 +57,7 @@ __all__ = [
     "RunReport",
     "SqliteJournal",
     "State",
+    "item_states",
     "read_status",
     "render_status",
     "status_dict",

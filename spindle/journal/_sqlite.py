@@ -1,15 +1,16 @@
-"""The default journal: one SQLite database in WAL mode, written in batched transactions.
+"""The default journal: one SQLite database in WAL mode, written as a log of group commits.
 
 Data flow of one item, and where a crash can land::
 
-    mark_started(keys)  SELECT ... WHERE key IN (...)      claim -> in memory (_inflight)
-          |
+    mark_started(keys)  Bloom filter of this run's keys (and, resuming, one SELECT ...
+          |             WHERE key IN (...) per chunk): claim -> in memory (_inflight)
     record(batch)       encode payloads, os.write to the output       (not yet committed)
           |             ... more batches, until commit_interval or commit_items ...
     commit              1. output.commit(): fsync, returns its point (byte offset, row, part)
-                        2. one SQLite transaction: items -> done/failed,
-                           outputs.point = the point, totals, runs counters,
-                           and the run's report (at most once a second)
+                        2. one SQLite transaction: one ``log`` row holding every key done
+                           since the last commit (msgpack), failures as ``items`` rows,
+                           outputs.point = the point, totals, the run's counters and the
+                           keys still in flight, and the run's report (at most once a second)
           |
     crash anywhere  ->  on open: output.open(journal's point) cuts the output back, so
                         records past the point (a torn line, rows of items never marked
@@ -21,21 +22,33 @@ marked done only in the transaction that moves the point past their records. The
 itself runs with ``synchronous=NORMAL``: a power failure may lose its last transactions,
 which only moves its point back, and the output is cut back to match.
 
-Group commit: a transaction per ``record()`` call would cost a random B-tree page write
-per item (default keys are hashes, spread over the whole table), so records are queued
-and committed every ``commit_interval`` seconds or ``commit_items`` items, whichever
-comes first, with the keys sorted. A commit rewrites about every index page it touches,
-so it gets slower as the journal grows; the interval is stretched to keep commits under a
-tenth of the time. A crash loses at most one interval of finished work, which runs again.
-:meth:`SqliteJournal.flush` commits at once. A periodic commit makes the outputs
-durable and gathers its rows under the lock, then a short-lived thread writes the
-transaction (:class:`_CommitJob`) while records keep coming; lookups use a second,
-read-only connection, and a journal empty at the start skips them through a Bloom
-filter of the keys it claimed (:mod:`._filter`).
+Why a log. Keys are hashes, spread over the whole key space: inserting each one into an
+indexed table costs a random B-tree update and its Python parameters, several
+microseconds per item, more than a tiny job. So a run does not index its keys: each
+commit appends the keys it settles as one blob (``log``), and the keys in flight as one
+blob on the run's row. The index (``items``, one row per key) is brought up to date
+when it is needed: when the journal is next opened for writing (a resume merges every
+earlier run's log, sorted, then looks keys up in ``items``), or during a run when a key
+may repeat one this run already committed (below). A run that is never resumed never
+pays for the index. Failures, and results that needed more than one attempt, go
+straight to ``items``: they carry a reason and are few.
 
-Keys in flight (claimed, not yet committed) live in memory only, bounded by what the
-engine has in flight plus one commit's worth. Each commit also writes ``pending`` rows
-for keys still in flight, so ``status`` shows what was running when a run died.
+Duplicates within a run. A Bloom filter of the keys this run claimed (:mod:`._filter`)
+rules out nearly every key at once. A key it cannot rule out is checked exactly: against
+the keys in flight and the records waiting for a commit (in memory), and then against
+the index, after merging this run's log into it. That costs what indexing each key
+would have cost, but only for runs whose input repeats itself.
+
+Group commit: records are queued and committed every ``commit_interval`` seconds or
+``commit_items`` items, whichever comes first; a commit is stretched so that commits take
+at most a tenth of the time. A crash loses at most one interval of finished work, which
+runs again. :meth:`SqliteJournal.flush` commits at once. A periodic commit makes the
+outputs durable and gathers its rows under the lock, then a short-lived thread writes
+the transaction (:class:`_CommitJob`) while records keep coming; lookups use a second,
+read-only connection.
+
+``status`` needs no index: totals are kept by every commit, failures are ``items`` rows,
+and the keys a dead run had in flight are counted from its row.
 
 The run's report. With a report source set (:meth:`SqliteJournal.set_report_source`),
 a commit asks it for the run's report and upserts it into ``reports`` (one row per run)
@@ -56,9 +69,8 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import repeat
+from itertools import compress, repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -84,11 +96,14 @@ from ._base import (
 from ._errors import JournalCorrupt, JournalError, JournalMismatch
 from ._filter import KeyFilter
 from ._lock import JournalLock
+from ._log import pack_keys, unpack_keys
 from ._status import JournalStatus, collect_status, read_status
 
 #: Marks a database as a spindle journal, so that no other SQLite file is ever taken for one.
 FORMAT = "spindle-journal"
-VERSION = 1
+#: 2 added the log of commits (``log``) and the keys in flight on ``runs``; a journal of
+#: format 1 is upgraded when opened for writing.
+VERSION = 2
 
 #: Slots of the outputs a journal coordinates, as stored in the ``outputs`` table.
 RESULTS = "results"
@@ -113,7 +128,16 @@ CREATE TABLE runs (
     ended REAL,
     done INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
-    pid INTEGER
+    pid INTEGER,
+    inflight BLOB,
+    inflight_n INTEGER
+);
+CREATE TABLE log (
+    id INTEGER PRIMARY KEY,
+    run INTEGER NOT NULL,
+    committed REAL NOT NULL,
+    n INTEGER NOT NULL,
+    keys BLOB NOT NULL
 );
 CREATE TABLE outputs (slot TEXT PRIMARY KEY, identity TEXT NOT NULL, point TEXT NOT NULL)
     WITHOUT ROWID;
@@ -122,6 +146,14 @@ INSERT INTO totals VALUES ('pending', 0), ('done', 0), ('failed', 0);
 """
 
 _TABLES = {"meta", "items", "runs", "outputs", "totals"}
+
+#: What format 2 added to a format 1 journal.
+_UPGRADE_1 = (
+    "ALTER TABLE runs ADD COLUMN inflight BLOB",
+    "ALTER TABLE runs ADD COLUMN inflight_n INTEGER",
+    "CREATE TABLE log (id INTEGER PRIMARY KEY, run INTEGER NOT NULL, committed REAL NOT NULL,"
+    " n INTEGER NOT NULL, keys BLOB NOT NULL)",
+)
 
 #: The runs' reports (``report`` is the JSON of ``--stats-json``). Not in _TABLES: journals
 #: made before it existed are still journals, and get it when opened for writing.
@@ -174,29 +206,44 @@ ON CONFLICT (key) DO UPDATE SET
     message = excluded.message, run = excluded.run, started = excluded.started,
     finished = excluded.finished
 """
-_UPSERT_PENDING = """
-INSERT INTO items (key, state, run, started) VALUES (?, 'pending', ?, ?)
-ON CONFLICT (key) DO UPDATE SET run = excluded.run, started = excluded.started
-WHERE state = 'pending'
+#: A key of the log into the index: done at its first attempt, in ``run``, at ``finished``.
+_MERGE_DONE = """
+INSERT INTO items (key, state, attempts, run, finished) VALUES (?, 'done', 1, ?, ?)
+ON CONFLICT (key) DO UPDATE SET
+    state = 'done', attempts = 1, error = NULL, message = NULL, run = excluded.run,
+    started = NULL, finished = excluded.finished
 """
+#: A key a dead run had in flight: pending, unless the index knows better.
+_MERGE_PENDING = """
+INSERT INTO items (key, state, run) VALUES (?, 'pending', ?) ON CONFLICT (key) DO NOTHING
+"""
+#: Keys merged into the index per statement (sorted together: fewer pages touched).
+_MERGE_BATCH = 1 << 18
 
-# An in-flight entry: [claimed at (time.time()), state in the database, recorded: False,
-# or the slot of the output its record waits for]
-_STARTED, _DB_STATE, _RECORDED = 0, 1, 2
+#: Bloom filter false positives: a positive costs an exact check, which may merge the log.
+_FALSE_POSITIVES = 1e-6
+
+
+def _sorted(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    with contextlib.suppress(TypeError):  # mixed str and bytes keys cannot be sorted
+        rows.sort(key=itemgetter(0))
+    return rows
 
 
 class _Waiting:
     """Records waiting for one output's next commit point before they can be committed."""
 
-    __slots__ = ("done", "leaving", "rows", "slot")
+    __slots__ = ("done", "keys", "leaving", "rows", "slot")
 
     def __init__(self, slot: str) -> None:
         self.slot = slot
-        self.rows: list[tuple[Any, ...]] = []  # parameters of _UPSERT_ITEM
-        self.leaving: list[str] = []  # the database states these rows replace
-        self.done = 0  # rows with state done (the others are failed)
+        self.keys: list[Key] = []  # done at the first attempt: one blob of the log
+        self.rows: list[tuple[Any, ...]] = []  # parameters of _UPSERT_ITEM: the others
+        self.leaving: list[State] = []  # the database states these records replace
+        self.done = 0  # records with state done (keys, and rows of state done)
 
     def clear(self) -> None:
+        self.keys = []
         self.rows = []
         self.leaving = []
         self.done = 0
@@ -232,12 +279,13 @@ class _CommitJob:
     __slots__ = (
         "conn",
         "error",
-        "new_pending",
+        "inflight",
+        "keys",
+        "log",
         "path",
-        "pending",
         "points",
+        "rows",
         "seconds",
-        "settled",
         "started",
         "statements",
         "thread",
@@ -247,9 +295,10 @@ class _CommitJob:
         self.conn = conn
         self.path = path
         self.started = started
-        self.pending: list[tuple[Any, ...]] = []
-        self.settled: list[tuple[Any, ...]] = []
-        self.new_pending: list[list[Any]] = []
+        self.keys: list[Key] = []  # done keys for the log
+        self.log: tuple[int, float] | None = None  # (run, time) of the log row
+        self.rows: list[tuple[Any, ...]] = []  # items upserts
+        self.inflight: list[Key] = []  # the run's keys in flight, stored on its row
         self.points: dict[str, str] = {}
         self.statements: list[tuple[str, list[tuple[Any, ...]]]] = []
         self.thread: threading.Thread | None = None
@@ -259,16 +308,25 @@ class _CommitJob:
     def run(self) -> None:
         conn = self.conn
         try:
-            with contextlib.suppress(TypeError):  # mixed str and bytes keys cannot be sorted
-                self.settled.sort(key=itemgetter(0))  # fewer B-tree pages touched, in order
+            blob = pack_keys(self.keys) if self.keys else None
+            inflight = pack_keys(self.inflight) if self.inflight else None
             conn.execute("BEGIN IMMEDIATE")
-            if self.pending:
-                conn.executemany(_UPSERT_PENDING, self.pending)
-            if self.settled:
-                conn.executemany(_UPSERT_ITEM, self.settled)
+            if blob is not None and self.log is not None:
+                run, when = self.log
+                conn.execute(
+                    "INSERT INTO log (run, committed, n, keys) VALUES (?, ?, ?, ?)",
+                    (run, when, len(self.keys), blob),
+                )
+            if self.rows:
+                conn.executemany(_UPSERT_ITEM, _sorted(self.rows))
             for sql, rows in self.statements:
                 if rows:
                     conn.executemany(sql, rows)
+            if self.log is not None:
+                conn.execute(
+                    "UPDATE runs SET inflight = ?, inflight_n = ? WHERE id = ?",
+                    (inflight, len(self.inflight) if inflight else None, self.log[0]),
+                )
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
@@ -339,8 +397,11 @@ class SqliteJournal(Journal):
         self._points: dict[str, str] = {}  # the points the journal has committed
         self._mutex = threading.Lock()
         self._stats = JournalStats()
-        self._inflight: dict[Key, list[Any]] = {}
-        self._fresh: list[Key] = []  # claimed since the last commit
+        self._inflight: set[Key] = set()  # claimed, not recorded
+        # Claimed keys the database has a row for (pending or failed in an earlier run),
+        # with that state: their record replaces it. Empty unless resuming.
+        self._db_states: dict[Key, State] = {}
+        self._logged = False  # this run has log rows not merged into the index
         # Records waiting for a commit, by the output they need to be durable in first
         # ("" for records that need none).
         self._waiting = {slot: _Waiting(slot) for slot in ("", *self._outputs)}
@@ -364,19 +425,21 @@ class SqliteJournal(Journal):
         # Lookups read through their own connection: in WAL mode it sees the last commit
         # while a commit is being written through the other one in a background thread.
         self._reader: sqlite3.Connection | None = None
-        self._filter: KeyFilter | None = None
+        self._filter = KeyFilter(false_positives=_FALSE_POSITIVES)
+        self._resumed = False
         opened: list[Output[Any]] = []
         try:
             self._conn = self._connect()
             self._prepare(force)
+            self._merge_logs(None)
             self._open_outputs(force, opened)
             self._begin_run()
             self._reader = self._open_reader()
             assert self._conn is not None
             empty = self._conn.execute("SELECT NOT EXISTS (SELECT 1 FROM items)").fetchone()
-            # Empty at the start: the database can only hold keys this run claims, which
-            # the filter remembers, so most keys need no lookup at all.
-            self._filter = KeyFilter() if empty[0] else None
+            # Resuming: every key is looked up in the index of earlier runs. Either way
+            # the filter rules out, for nearly every key, that this run has claimed it.
+            self._resumed = not empty[0]
         except BaseException:
             for out in opened:
                 with contextlib.suppress(Exception):
@@ -470,7 +533,15 @@ class SqliteJournal(Journal):
             raise JournalCorrupt(f"journal {self.path} has no valid format version")
         try:
             conn.execute(_REPORTS_TABLE)
+            if version == 1:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in _UPGRADE_1:
+                    conn.execute(statement)
+                self._set_meta("version", VERSION)
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise _journal_error("open", self.path, exc) from exc
         recorded = meta.get("fingerprint")
         if force:
@@ -508,7 +579,7 @@ class SqliteJournal(Journal):
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for table in ("items", "runs", "outputs", "reports"):
+            for table in ("items", "runs", "outputs", "reports", "log"):
                 conn.execute(f"DELETE FROM {table}")
             conn.execute("UPDATE totals SET n = 0")
             self._set_meta("fingerprint", self.fingerprint)
@@ -573,76 +644,96 @@ class SqliteJournal(Journal):
     def filter_new(self, keys: Sequence[Key]) -> list[bool]:
         with self._mutex:
             self._check_usable()
-            return self._decide(keys, claim=False)
+            try:
+                return self._decide(keys, claim=False)
+            except BaseException as exc:
+                self._break(exc)
+                raise
 
     def mark_started(self, keys: Sequence[Key]) -> list[bool]:
         with self._mutex:
             self._check_usable()
-            return self._decide(keys, claim=True)
+            try:
+                return self._decide(keys, claim=True)
+            except BaseException as exc:
+                self._break(exc)
+                raise
 
     def _decide(self, keys: Sequence[Key], *, claim: bool) -> list[bool]:
         inflight = self._inflight
-        unknown: Sequence[int]
-        duplicates = 0
-        if len(set(keys)) == len(keys) and inflight.keys().isdisjoint(keys):
-            unknown = range(len(keys))  # the usual case, checked in C: no duplicates
-            rows = self._lookup(list(keys))
-        else:
-            seen: set[Key] = set()
-            unknown = []
-            for i, key in enumerate(keys):
-                if key in inflight or key in seen:
-                    duplicates += 1
-                else:
-                    seen.add(key)
-                    unknown.append(i)
-            rows = self._lookup([keys[i] for i in unknown]) if unknown else {}
-        now = time.time()
-        if not rows and claim and len(unknown) == len(keys):  # all new: no per-key branches
-            if self._filter is not None:
+        n = len(keys)
+        maybe = self._filter.maybe(keys)
+        if not maybe and not self._resumed and len(set(keys)) == n:
+            # The usual case, checked in C: new to this run, to the journal, to the batch.
+            if claim:
                 self._filter.add(keys)
-            inflight.update({key: [now, None, False] for key in keys})
-            self._fresh += keys
-            self._stats.started += len(keys)
-            return [True] * len(keys)
-        result = [False] * len(keys)
-        skipped_done = 0
+                inflight.update(keys)
+                self._stats.started += n
+            return [True] * n
+        # Keys this run has already claimed or recorded (exactly: the filter may be wrong).
+        seen = self._seen_this_run({keys[i] for i in maybe}) if maybe else set()
+        rows = self._query(list(keys)) if self._resumed else {}
+        result = [False] * n
+        batch: set[Key] = set()
+        duplicates = skipped_done = 0
         run, retry = self._run, self.retry_failed
-        fresh = self._fresh
-        for i in unknown:
-            key = keys[i]
+        db_states = self._db_states
+        for i, key in enumerate(keys):
+            if key in seen or key in batch:
+                duplicates += 1
+                continue
+            batch.add(key)
             row = rows.get(key)
-            db_state: State | None = None
             if row is not None:
                 state, row_run = row
-                if state == PENDING:
-                    db_state = PENDING
-                elif state == FAILED and retry and row_run != run:
-                    db_state = FAILED
+                if row_run == run:  # recorded as a failure by this run, then resumed
+                    duplicates += 1
+                    continue
+                if state == PENDING or (state == FAILED and retry):
+                    if claim:
+                        db_states[key] = state
                 else:
-                    if row_run == run:
-                        duplicates += 1
-                    else:
-                        skipped_done += 1
+                    skipped_done += 1
                     continue
             result[i] = True
-            if claim:
-                inflight[key] = [now, db_state, False]
-                fresh.append(key)
         if claim:
-            if self._filter is not None:
-                self._filter.add([key for key, go in zip(keys, result, strict=True) if go])
+            go = list(compress(keys, result))
+            self._filter.add(go)
+            inflight.update(go)
             stats = self._stats
-            stats.started += result.count(True)
+            stats.started += len(go)
             stats.skipped_done += skipped_done
             stats.skipped_duplicate += duplicates
         return result
 
-    def _lookup(self, keys: list[Key]) -> dict[Key, tuple[str, int]]:
+    def _seen_this_run(self, candidates: set[Key]) -> set[Key]:
+        """Which of ``candidates`` this run has claimed: in flight, recorded and waiting
+        for a commit, or committed (for those, the run's log is merged into the index)."""
+        seen = candidates & self._inflight
+        rest = candidates - seen
+        job = self._job
+        for keys, rows in [
+            *((w.keys, w.rows) for w in self._waiting.values()),
+            *([(job.keys, job.rows)] if job is not None else []),
+        ]:
+            if not rest:
+                break
+            found = rest.intersection(keys)
+            found.update(rest.intersection(map(itemgetter(0), rows)))
+            seen |= found
+            rest -= found
+        if rest:
+            if self._logged:
+                self._settle()
+                self._merge_logs(self._run)
+            run = self._run
+            seen.update(k for k, (_, row_run) in self._query(list(rest)).items() if row_run == run)
+        return seen
+
+    def _query(self, keys: list[Key]) -> dict[Key, tuple[str, int]]:
+        """The index's ``(state, run)`` of each of ``keys`` it has."""
         conn = self._reader
         assert conn is not None
-        if self._filter is not None:
-            keys = [keys[i] for i in self._filter.maybe(keys)]
         found: dict[Key, tuple[str, int]] = {}
         try:
             for chunk in _chunks(keys):
@@ -651,6 +742,53 @@ class SqliteJournal(Journal):
         except sqlite3.Error as exc:
             raise _journal_error("read", self.path, exc) from exc
         return found
+
+    def _merge_logs(self, run: int | None) -> None:
+        """Bring the index (``items``) up to date with the log: of every earlier run when
+        opening (with the keys each one had in flight, as pending), or of this run.
+
+        One transaction: a crash in it leaves the log as it was, merged next time.
+        """
+        conn = self._conn
+        assert conn is not None
+        where, args = ("WHERE run = ?", (run,)) if run is not None else ("", ())
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            ids = [r[0] for r in conn.execute(f"SELECT id FROM log {where} ORDER BY id", args)]
+            rows: list[tuple[Any, ...]] = []
+            for log_id in ids:
+                log_run, committed, blob = conn.execute(
+                    "SELECT run, committed, keys FROM log WHERE id = ?", (log_id,)
+                ).fetchone()
+                rows += zip(unpack_keys(blob), repeat(log_run), repeat(committed))
+                if len(rows) >= _MERGE_BATCH:
+                    conn.executemany(_MERGE_DONE, _sorted(rows))
+                    rows = []
+            if rows:
+                conn.executemany(_MERGE_DONE, _sorted(rows))
+            conn.execute(f"DELETE FROM log {where}", args)
+            if run is None:
+                before = conn.total_changes
+                dead = conn.execute(
+                    "SELECT id, inflight FROM runs WHERE inflight IS NOT NULL ORDER BY id"
+                ).fetchall()
+                for rid, blob in dead:
+                    conn.executemany(
+                        _MERGE_PENDING, _sorted(list(zip(unpack_keys(blob), repeat(rid))))
+                    )
+                added = conn.total_changes - before
+                conn.execute("UPDATE runs SET inflight = NULL, inflight_n = NULL")
+                conn.execute("UPDATE totals SET n = n + ? WHERE state = 'pending'", (added,))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise _journal_error("update", self.path, exc) from exc
+            raise
+        if run is not None:
+            self._logged = False
 
     # -- recording ---------------------------------------------------------------------
 
@@ -699,15 +837,14 @@ class SqliteJournal(Journal):
         fail_rows: list[Any] = []
         done_wait = self._waiting[RESULTS if results is not None else ""]
         fail_wait = self._waiting[FAILURES if failures is not None else ""]
-        done_rows, fail_rows_db = done_wait.rows, fail_wait.rows
+        db_states = self._db_states
         now = time.time()
         run = self._run
         stats = self._stats
         ignored = n_failed = 0
         for rec in batch:
             key, state, attempts, error, message, payload = rec
-            entry = inflight.get(key)
-            if entry is None or entry[_RECORDED]:
+            if key not in inflight:  # not claimed, or recorded already
                 ignored += 1
                 continue
             if state == DONE:
@@ -718,21 +855,24 @@ class SqliteJournal(Journal):
                         state, error, message = FAILED, type(exc).__name__, str(exc)
                         payload = unwritable_failure(key, exc, payload, attempts)
                         stats.unwritable += 1
-                if state == DONE:
-                    done_rows.append((key, DONE, attempts, None, None, run, entry[_STARTED], now))
-                    entry[_RECORDED] = done_wait.slot
-                    if entry[_DB_STATE] is not None:
-                        done_wait.leaving.append(entry[_DB_STATE])
-                    continue
             elif state != FAILED:
                 raise JournalError(f"invalid state {state!r} in a record for key {key!r}")
+            inflight.discard(key)
+            leaving = db_states.pop(key, None)
+            wait = done_wait if state == DONE else fail_wait
+            if leaving is not None:
+                wait.leaving.append(leaving)
+            if state == DONE:
+                wait.done += 1
+                if attempts == 1:
+                    wait.keys.append(key)
+                else:
+                    wait.rows.append((key, DONE, attempts, None, None, run, None, now))
+                continue
             if failures is not None:
                 fail_rows.append(_encode_failure(failures, key, error, message, payload))
-            fail_rows_db.append((key, FAILED, attempts, error, message, run, entry[_STARTED], now))
+            wait.rows.append((key, FAILED, attempts, error, message, run, None, now))
             n_failed += 1
-            entry[_RECORDED] = fail_wait.slot
-            if entry[_DB_STATE] is not None:
-                fail_wait.leaving.append(entry[_DB_STATE])
         if out_rows:
             assert results is not None
             results.write(out_rows)
@@ -743,7 +883,6 @@ class SqliteJournal(Journal):
         stats.ignored += ignored
         stats.recorded_failed += n_failed
         stats.recorded_done += recorded - n_failed
-        done_wait.done += recorded - n_failed
         self._queued += recorded
 
     def _record_columns(self, keys: Sequence[Key], payloads: Sequence[Any]) -> bool:
@@ -751,38 +890,26 @@ class SqliteJournal(Journal):
         attempt, claimed, not recorded before, and writable. Returns False, having
         changed nothing, otherwise (the general path in :meth:`_record` handles it)."""
         results = self._outputs.get(RESULTS)
-        if results is None or not keys or len(set(keys)) != len(keys):
+        inflight = self._inflight
+        if results is None or not keys or not inflight.issuperset(keys):
             return False
-        entries = list(map(self._inflight.get, keys))
-        if None in entries or any(e[_RECORDED] is not False for e in entries):  # type: ignore[index]
-            return False
+        n = len(keys)
         try:
             rows = list(map(results.encode, payloads))
         except UnwritableRecord:
             return False
+        before = len(inflight)
+        inflight.difference_update(keys)
+        if before - len(inflight) != n:  # a key twice in the batch: undo, take the long way
+            inflight.update(keys)
+            return False
         results.write(rows)
         wait = self._waiting[RESULTS]
-        now = time.time()
-        wait.rows.extend(
-            zip(
-                keys,
-                repeat(DONE),
-                repeat(1),
-                repeat(None),
-                repeat(None),
-                repeat(self._run),
-                map(itemgetter(_STARTED), entries),  # type: ignore[arg-type]
-                repeat(now),
-            )
-        )
-        leaving = wait.leaving
-        for entry in entries:
-            assert entry is not None
-            entry[_RECORDED] = RESULTS
-            if entry[_DB_STATE] is not None:
-                leaving.append(entry[_DB_STATE])
-        n = len(keys)
+        wait.keys += keys
         wait.done += n
+        if self._db_states:
+            leaving = [s for s in map(self._db_states.pop, keys, repeat(None)) if s is not None]
+            wait.leaving += leaving
         self._stats.recorded_done += n
         self._queued += n
         return True
@@ -836,17 +963,12 @@ class SqliteJournal(Journal):
         self._job = None
         if job.error is not None:
             raise job.error
-        # Committed: only now forget what the database holds.
-        inflight = self._inflight
-        for entry in job.new_pending:
-            entry[_DB_STATE] = PENDING
-            if entry[_RECORDED] is not False:  # recorded, waiting for its output: when
-                self._waiting[entry[_RECORDED]].leaving.append(PENDING)  # it settles
-        deque(map(inflight.__delitem__, map(itemgetter(0), job.settled)), maxlen=0)
+        if job.keys:
+            self._logged = True
         self._points.update(job.points)
-        # A commit rewrites about every index page it touches, so its cost grows with the
-        # journal while the interval stays the same: space commits so that they take at
-        # most _COMMIT_SHARE of the time (a commit_interval of 0 commits every record()).
+        # A commit's cost grows with what it carries while the interval stays the same:
+        # space commits so that they take at most _COMMIT_SHARE of the time (a
+        # commit_interval of 0 commits every record()).
         now = time.monotonic()
         spacing = job.seconds * (1 / _COMMIT_SHARE - 1)
         self._next_commit = now + max(self.commit_interval, spacing) if self.commit_interval else 0
@@ -865,40 +987,37 @@ class SqliteJournal(Journal):
         # code leaves the journal as it was, to be cut back by _break.
         report = self._report_row(final=end_run)
         settling = [self._waiting[""], *(self._waiting[slot] for slot in points)]
-        settled: list[tuple[Any, ...]] = []
+        keys: list[Key] = []
+        rows: list[tuple[Any, ...]] = []
         deltas = {PENDING: 0, DONE: 0, FAILED: 0}
         done = failed = 0
         for wait in settling:
             for state in wait.leaving:
                 deltas[state] -= 1
             done += wait.done
-            failed += len(wait.rows) - wait.done
-            settled += wait.rows
+            failed += len(wait.keys) + len(wait.rows) - wait.done
+            keys += wait.keys
+            rows += wait.rows
+            wait.clear()
         deltas[DONE] += done
         deltas[FAILED] += failed
-        # Keys claimed since the last commit and still not settled: written as pending, so
-        # that status shows what was running if this process dies.
-        inflight = self._inflight
-        settling_slots = {wait.slot for wait in settling}
-        pending: list[tuple[Any, ...]] = []
-        new_pending: list[list[Any]] = []
-        for key in self._fresh:
-            entry = inflight[key]
-            if entry[_RECORDED] not in settling_slots and entry[_DB_STATE] in (None, PENDING):
-                pending.append((key, self._run, entry[_STARTED]))
-                if entry[_DB_STATE] is None:
-                    new_pending.append(entry)
-        deltas[PENDING] += len(new_pending)
-        for wait in settling:
-            wait.clear()
-        self._fresh = []
+        # The run's keys in flight, stored on its row so that status shows what was
+        # running if this process dies: claimed and not recorded, or recorded and
+        # waiting for an output's commit; not those the index already has a row for.
+        inflight = list(self._inflight)
+        for wait in self._waiting.values():
+            inflight += wait.keys
+            inflight += map(itemgetter(0), wait.rows)
+        if self._db_states:
+            inflight = [k for k in inflight if k not in self._db_states]
         self._queued = 0
         self._stats.commits += 1
         wall = time.time()
         job = _CommitJob(conn, self.path, began)
-        job.pending = pending
-        job.settled = settled
-        job.new_pending = new_pending
+        job.keys = keys
+        job.log = (self._run, wall)
+        job.rows = rows
+        job.inflight = inflight
         job.points = points
         job.statements = [
             (

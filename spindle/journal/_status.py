@@ -27,9 +27,10 @@ import orjson
 
 from ..observe import _format as fmt
 from ..observe.report import Report, detail_lines, report_from_json, totals_line
-from ._base import key_text
+from ._base import Key, key_text
 from ._errors import JournalCorrupt, JournalError
 from ._lock import is_locked
+from ._log import unpack_keys
 
 #: Failure groups shown; the rest are summed up in one line.
 _MAX_GROUPS = 20
@@ -213,6 +214,7 @@ def collect_status(
     outputs = {
         slot: identity for slot, identity in conn.execute("SELECT slot, identity FROM outputs")
     }
+    pending = int(totals.get("pending", 0)) + _unmerged_in_flight(conn)
     report = _last_report(conn)
     return JournalStatus(
         path=str(path),
@@ -220,13 +222,45 @@ def collect_status(
         created=meta.get("created"),
         done=int(totals.get("done", 0)),
         failed=int(totals.get("failed", 0)),
-        pending=int(totals.get("pending", 0)),
+        pending=pending,
         in_flight=in_flight,
         runs=tuple(runs),
         failures=groups,
         outputs=outputs,
         report=report,
     )
+
+
+def _unmerged_in_flight(conn: sqlite3.Connection) -> int:
+    """Keys runs had in flight at their last commit, not yet in the index as pending
+    (the next run that opens the journal puts them there)."""
+    try:
+        row = conn.execute("SELECT coalesce(sum(inflight_n), 0) FROM runs").fetchone()
+    except sqlite3.OperationalError:  # a journal of format 1: pending keys are items
+        return 0
+    return int(row[0])
+
+
+def item_states(path: str | os.PathLike[str]) -> dict[Key, str]:
+    """Every key the journal knows, with its state (``pending``, ``done`` or ``failed``).
+
+    Reads the index (``items``), then the log of commits not yet merged into it, then
+    the keys runs had in flight: the same view a resume gets. Holds every key in
+    memory: for checks and small journals, not for millions of items.
+    """
+    _, conn = open_read_only(path)
+    try:
+        states: dict[Key, str] = dict(conn.execute("SELECT key, state FROM items").fetchall())
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        if "log" in tables:
+            for (blob,) in conn.execute("SELECT keys FROM log ORDER BY id"):
+                states.update(dict.fromkeys(unpack_keys(blob), "done"))
+            for (blob,) in conn.execute("SELECT inflight FROM runs WHERE inflight IS NOT NULL"):
+                for key in unpack_keys(blob):
+                    states.setdefault(key, "pending")
+    finally:
+        conn.close()
+    return states
 
 
 def _last_report(conn: sqlite3.Connection) -> RunReport | None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import sqlite3
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from spindle.journal import item_states
 
 
 def read_jsonl(path: Path) -> list[Any]:
@@ -70,22 +73,20 @@ EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "sqlite": "db", "parquet": "parque
 
 
 def journal_states(path: Path) -> dict[Any, str]:
-    """key -> state, read straight from the journal database."""
-    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
-    try:
-        return dict(conn.execute("SELECT key, state FROM items").fetchall())
-    finally:
-        conn.close()
+    """key -> state: the journal's index, its log and the keys its runs had in flight."""
+    return item_states(path)
 
 
 def journal_totals(path: Path) -> dict[str, int]:
-    """The totals table, checked against a count of the items table."""
+    """The totals table, checked against a count of every key's state."""
     conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
     try:
         totals = dict(conn.execute("SELECT state, n FROM totals").fetchall())
-        counted = dict(conn.execute("SELECT state, count(*) FROM items GROUP BY state").fetchall())
+        in_flight = conn.execute("SELECT coalesce(sum(inflight_n), 0) FROM runs").fetchone()[0]
     finally:
         conn.close()
+    totals["pending"] = totals.get("pending", 0) + in_flight
+    counted = Counter(item_states(path).values())
     for state in ("pending", "done", "failed"):
         assert totals.get(state, 0) == counted.get(state, 0), (totals, counted)
     return totals

@@ -29,6 +29,7 @@ JOURNAL = {
     "RunReport",
     "SqliteJournal",
     "State",
+    "item_states",
     "read_status",
     "render_status",
     "status_dict",

@@ -1,10 +1,15 @@
-"""The key filter that spares a fresh journal its lookups: no false negatives, ever."""
+"""The key filter that spares a run most exact checks of its keys: no false negatives,
+ever, and a false positive costs time, never an item."""
 
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from pathlib import Path
 
+import pytest
+
+from spindle.journal import item_states
 from spindle.journal._filter import KeyFilter
 from spindle.journal._sqlite import SqliteJournal
 
@@ -24,18 +29,51 @@ def test_every_added_key_may_be_present_as_the_filter_grows() -> None:
     added += [f"text key {i}" for i in range(100)]
     assert f.maybe(added) == list(range(len(added)))
     new = digests(100_000, 110_000)
-    assert len(f.maybe(new)) < 50  # 1 in 10,000 per filter, a few filters
+    assert len(f.maybe(new)) < 50  # 1 in 10,000 per filter by default, a few filters
 
 
-def test_a_fresh_journal_catches_a_duplicate_committed_earlier_in_the_run(tmp_path: Path) -> None:
+def test_a_duplicate_of_a_key_committed_earlier_in_the_run_is_caught(tmp_path: Path) -> None:
     from spindle.journal import Record
 
     with SqliteJournal(tmp_path / "j.db", "fp", commit_interval=0) as j:
-        assert j._filter is not None  # fresh: lookups go through the filter
         assert j.mark_started([b"a", b"b"]) == [True, True]
-        j.record([Record.done(b"a", 1), Record.done(b"b", 2)])  # committed: out of memory
+        j.record([Record.done(b"a", 1), Record.done(b"b", 2)])  # committed to the log
+        assert log_rows(tmp_path / "j.db") == 1
         assert j.mark_started([b"c", b"a", b"b"]) == [True, False, False]
         assert j.stats().skipped_duplicate == 2
+        assert log_rows(tmp_path / "j.db") == 0  # the exact check merged the log
     with SqliteJournal(tmp_path / "j.db", "fp", commit_interval=0) as j:
-        assert j._filter is None  # resumed: every key is looked up
+        assert j._resumed  # every key is looked up in the index
         assert j.mark_started([b"a", b"c", b"d"]) == [False, True, True]
+
+
+def log_rows(path: Path) -> int:
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM log").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_filter_that_cannot_rule_anything_out_loses_no_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every key a false positive: each goes through the exact check, which must tell
+    new keys (run them) from keys this run has claimed, recorded or committed."""
+    from spindle.journal import Record
+
+    monkeypatch.setattr(KeyFilter, "maybe", lambda self, keys: list(range(len(keys))))
+    keys = digests(0, 3000)
+    ran: list[bytes] = []
+    with SqliteJournal(tmp_path / "j.db", "fp", commit_interval=0, commit_items=500) as j:
+        for start in range(0, 3000, 250):
+            chunk = keys[start : start + 250] + keys[max(0, start - 700) : start : 7]
+            go = j.mark_started(chunk)
+            todo = [k for k, g in zip(chunk, go, strict=True) if g]
+            ran += todo
+            j.record([Record.done(k, 1) for k in todo[: len(todo) // 2]])
+            j.flush()
+            j.record([Record.done(k, 1) for k in todo[len(todo) // 2 :]])
+    assert sorted(ran) == sorted(keys)  # each key ran once: no repeat, none left out
+    states = item_states(tmp_path / "j.db")
+    assert states == dict.fromkeys(keys, "done")

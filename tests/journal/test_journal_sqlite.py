@@ -551,3 +551,91 @@ def test_memory_journal_behaves_alike(tmp_path: Path) -> None:
         assert summary.failures[0].error == "ValueError"
         assert j.stats().ignored == 1
     assert read_jsonl(tmp_path / "o.jsonl") == [{"key": "a"}]
+
+
+def table_count(path: Path, sql: str) -> int:
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        return int(conn.execute(sql).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_run_logs_its_keys_and_the_next_open_indexes_them(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    with open_journal(tmp_path) as j:
+        j.mark_started(["a", "b", "c"])
+        j.record([done("a"), done("b")])
+        j.record([failed("c")])
+    # Done keys are one log row per commit, not an items row each; failures are rows.
+    assert table_count(db, "SELECT count(*) FROM log") == 1
+    assert table_count(db, "SELECT count(*) FROM items") == 1
+    assert journal_totals(db) == {"pending": 0, "done": 2, "failed": 1}
+    with open_journal(tmp_path) as j:
+        assert table_count(db, "SELECT count(*) FROM log") == 0
+        assert table_count(db, "SELECT count(*) FROM items WHERE state = 'done'") == 2
+        assert j.mark_started(["a", "b", "c", "d"]) == [False, False, False, True]
+    assert journal_states(db) == {"a": "done", "b": "done", "c": "failed", "d": "pending"}
+
+
+def test_keys_in_flight_at_the_last_commit_are_pending_until_they_are_done(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "journal.db"
+    j = open_journal(tmp_path)
+    j.mark_started(["a", "b", "c"])
+    j.record([done("a")])  # commits: b and c are stored as in flight
+    assert sqlite_module.SqliteJournal.summary(j).pending == 2
+    # As if the process died here: files closed, no final commit.
+    for out in j._outputs.values():
+        out.close()
+    for conn in (j._conn, j._reader):
+        assert conn is not None
+        conn.close()
+    j._lock.release()
+    assert journal_totals(db) == {"pending": 2, "done": 1, "failed": 0}
+    with open_journal(tmp_path) as j2:
+        assert table_count(db, "SELECT count(*) FROM items WHERE state = 'pending'") == 2
+        assert j2.mark_started(["a", "b", "c"]) == [False, True, True]
+        j2.record([done("b"), done("c")])
+    assert journal_totals(db) == {"pending": 0, "done": 3, "failed": 0}
+
+
+def test_a_journal_of_format_1_is_upgraded_and_resumed(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    with open_journal(tmp_path) as j:
+        j.mark_started(["a", "b"])
+        j.record([done("a"), failed("b")])
+    # Format 1 kept every key as an items row and had no log.
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("INSERT INTO items (key, state, attempts, run) VALUES ('a', 'done', 1, 1)")
+    conn.execute("DROP TABLE log")
+    conn.execute("ALTER TABLE runs DROP COLUMN inflight")
+    conn.execute("ALTER TABLE runs DROP COLUMN inflight_n")
+    conn.execute("UPDATE meta SET value = 1 WHERE name = 'version'")
+    conn.close()
+    assert sqlite_module.read_status(db).done == 1
+    with open_journal(tmp_path) as j:
+        assert j.mark_started(["a", "b", "c"]) == [False, False, True]
+        j.record([done("c")])
+    assert table_count(db, "SELECT value FROM meta WHERE name = 'version'") == 2
+    assert journal_totals(db) == {"pending": 0, "done": 2, "failed": 1}
+
+
+def test_the_timeline_counts_logged_and_indexed_items_alike(tmp_path: Path) -> None:
+    from spindle._journaled import journal_timeline
+
+    db = tmp_path / "journal.db"
+
+    def last() -> tuple[int, int]:
+        stage = journal_timeline(db)[-1]["stages"]["recorded"]
+        return stage["done"], stage["failed"]
+
+    with open_journal(tmp_path) as j:
+        j.mark_started(["a", "b", "c"])
+        j.record([done("a"), done("b"), failed("c")])
+    assert last() == (2, 1)  # a and b in the log, c an items row
+    with open_journal(tmp_path) as j:  # merged into the index on open
+        j.mark_started(["d"])
+        j.record([done("d")])
+    assert last() == (3, 1)
