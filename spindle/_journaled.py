@@ -25,11 +25,8 @@ dict holds only the items in flight, so it is bounded like the pipeline. Two liv
 with the same ``id`` are the same object, hence the same value and the same key, and the
 journal lets only one of them run.
 
-Keys. By default a 16-byte BLAKE2b digest of the input: of the line for text input, of
-the canonical JSON (``orjson.dumps(value, option=OPT_SORT_KEYS)``) for JSON input. With
-``--key FIELD`` the key is that field of each JSON object (strings as they are, other
-values as their JSON text); an input without it fails with ``MissingKey`` and is
-recorded under its digest, which cannot collide with a field key (bytes, not text).
+Keys. By default a 16-byte digest of the input, in the journal's scheme; ``--key FIELD``
+keys JSON objects by a field (see :mod:`spindle._keys`).
 
 What a crash or a stop leaves. Items claimed but not recorded are ``pending`` in the
 journal and run again on resume (at least once); the journal cuts the output back to its
@@ -45,7 +42,6 @@ status`` shows the last one, also for a run that was killed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import os
 import signal
@@ -63,6 +59,7 @@ import orjson
 from ._core.pipeline import ChunkedSource, Pipeline, Results, Service
 from ._errors import ConfigError, SpindleError
 from ._failure import Failure
+from ._keys import DEFAULT_SCHEME, KeyFunction, MissingKey, field_key, keys_for
 from ._records import Items
 from ._records import _default as json_default
 from ._report import Observers, Summary
@@ -104,83 +101,11 @@ CHUNK = 256
 #: (checked as results arrive), so that slow jobs do not sit there for a whole batch.
 RECORD_DELAY = 0.2
 
-#: An item's key: the journal's identity of an input.
-KeyFunction = Callable[[Any], Key]
-
-_DIGEST = 16
-_SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-
-
-class MissingKey(SpindleError):
-    """An input has no usable key field (``--key FIELD``): that item fails."""
-
-
-# -- keys ---------------------------------------------------------------------------
-
-
-_blake2b = hashlib.blake2b
-
-
-def _digest(data: bytes) -> bytes:
-    return _blake2b(data, digest_size=_DIGEST).digest()
-
-
-def text_key(line: str) -> bytes:
-    """The default key of a text line: a digest of the line itself."""
-    return _blake2b(line.encode("utf-8", "surrogatepass"), digest_size=_DIGEST).digest()
-
-
-def json_key(value: Any) -> bytes:
-    """The default key of a JSON value: a digest of its canonical JSON (sorted keys)."""
-    return _digest(orjson.dumps(value, default=json_default, option=_SORTED))
-
-
-def value_key(value: Any) -> bytes:
-    """The default key of any item: text as a line, anything else as canonical JSON.
-
-    A value that cannot be written as JSON falls back to a digest of its ``repr``.
-    """
-    if type(value) is str:
-        return text_key(value)
-    try:
-        return json_key(value)
-    except TypeError:
-        return _digest(repr(value).encode("utf-8", "surrogatepass"))
-
-
-def field_key(field: str) -> KeyFunction:
-    """The key function of ``--key FIELD``: that field of a JSON object.
-
-    Strings are keys as they are; other values are their canonical JSON text (so ``5``
-    and ``"5"`` are the same key). A missing or null field raises :class:`MissingKey`.
-    """
-
-    def key(value: Any) -> Key:
-        if not isinstance(value, dict):
-            raise MissingKey(
-                f"--key {field}: the input is a JSON {_json_type(value)}, not an object with "
-                f"a field {field!r}"
-            )
-        found = value.get(field)
-        if found is None:
-            what = "is null" if field in value else "is missing"
-            raise MissingKey(
-                f"--key {field}: the field {field!r} {what} in this input; every input "
-                "needs it (or run without --key to key inputs by their content)"
-            )
-        if type(found) is str:
-            return found
-        return orjson.dumps(found, default=json_default, option=_SORTED).decode()
-
-    return key
-
-
-def _json_type(value: Any) -> str:
-    names = {str: "string", bool: "boolean", int: "number", float: "number", list: "array"}
-    return names.get(type(value), type(value).__name__)
-
-
-# -- opening ------------------------------------------------------------------------
+_DEFAULT_KEYS = keys_for(DEFAULT_SCHEME)
+#: The default key functions of new journals (see :mod:`spindle._keys`).
+text_key = _DEFAULT_KEYS.text
+json_key = _DEFAULT_KEYS.json
+value_key = _DEFAULT_KEYS.value
 
 
 def check_journal_options(
@@ -399,6 +324,7 @@ class _Claimer:
         self.key = key
         self.fallback = fallback
         self.chunk = chunk
+        self.raw_key = keys_for(journal.key_scheme).value  # of inputs the reader could not parse
         #: id(input) -> key, for the items in flight (filled here, emptied by the caller).
         self.keys: dict[int, Key] = {}
 
@@ -406,6 +332,9 @@ class _Claimer:
         """The items to run, a chunk at a time: read, keyed, claimed; done ones and
         duplicates left out."""
         key, keys = self.key, self.keys
+        many: Callable[[list[Any]], list[Key]] = getattr(key, "many", None) or (
+            lambda batch: list(map(key, batch))
+        )
         mark_started = self.journal.mark_started
         if isinstance(items, Items) and items.chunkable():
             batches: Iterable[list[Any]] = items.chunks()  # a file: read a block at a time
@@ -419,7 +348,7 @@ class _Claimer:
             try:  # the usual case: every input parsed and keyed, in one pass
                 if Failure in map(type, batch):
                     raise _SlowPath
-                batch_keys: list[Key] = list(map(key, batch))
+                batch_keys = many(batch)
             except Exception:
                 batch_keys, tags = self._keys_one_by_one(batch)
             run = mark_started(batch_keys)
@@ -439,7 +368,7 @@ class _Claimer:
         for i, x in enumerate(batch):
             if type(x) is Failure:  # a malformed line: recorded as a failure
                 tags.append(x.item)
-                batch_keys.append(value_key(x.item))
+                batch_keys.append(self.raw_key(x.item))
                 continue
             tags.append(x)
             try:
@@ -606,7 +535,6 @@ def run_journaled(
     ``SpindleError`` that stops the run (a write error) after the journal is closed.
     """
     _refuse_flat(pipeline)
-    key_fn: KeyFunction = field_key(key) if isinstance(key, str) else (key or value_key)
     if fingerprint is None:
         fingerprint = "pipeline " + " -> ".join(f"{s.name}({s.kind})" for s in pipeline.stages)
     opened = open_journal(
@@ -619,12 +547,14 @@ def run_journaled(
         fsync=fsync,
         commit_interval=commit_interval,
     )
+    keys = keys_for(opened.key_scheme)  # the journal's, if it was made before
+    key_fn: KeyFunction = field_key(key) if isinstance(key, str) else (key or keys.value)
     outcome, _ = _drive(
         pipeline,
         items,
         opened,
         key_fn,
-        fallback=value_key,
+        fallback=keys.value,
         total=None,
         services=[],
         signals=None,
@@ -747,8 +677,6 @@ def open_map_journal(
             f"--key {key} takes a field of each JSON object: add --format jsonl "
             "(text lines are keyed by their content)"
         )
-    fallback: KeyFunction = json_key if fmt == "jsonl" else text_key
-    key_fn = field_key(key) if key is not None else fallback
     opened = open_journal(
         journal,
         output,
@@ -757,6 +685,9 @@ def open_map_journal(
         retry_failed=retry_failed,
         force=force,
     )
+    keys = keys_for(opened.key_scheme)
+    fallback: KeyFunction = keys.json if fmt == "jsonl" else keys.text
+    key_fn = field_key(key) if key is not None else fallback
     return JournaledMap(opened, key_fn, fallback)
 
 

@@ -36,6 +36,10 @@ Key: TypeAlias = str | bytes
 #: of the run's snapshot, what ``--stats-json`` writes).
 ReportSource: TypeAlias = Callable[[], Mapping[str, Any]]
 
+#: How new journals digest inputs into keys (see ``spindle._keys``); a journal keeps the
+#: scheme it was made with.
+DEFAULT_KEY_SCHEME = "xxh3-128"
+
 #: The states an item goes through in the journal.
 State: TypeAlias = Literal["pending", "done", "failed"]
 PENDING: Literal["pending"] = "pending"
@@ -139,6 +143,9 @@ class Journal(ABC):
     :class:`~spindle.journal.MemoryJournal` (in memory, for tests and runs that do not
     need to resume).
     """
+
+    #: The digest scheme of the default keys of this journal's items.
+    key_scheme: str = DEFAULT_KEY_SCHEME
 
     @abstractmethod
     def filter_new(self, keys: Sequence[Key]) -> list[bool]:

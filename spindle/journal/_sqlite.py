@@ -81,6 +81,7 @@ from .._errors import ConfigError
 from .._failure import short_repr
 from ..outputs import Output, UnwritableRecord
 from ._base import (
+    DEFAULT_KEY_SCHEME,
     DONE,
     FAILED,
     PENDING,
@@ -543,6 +544,8 @@ class SqliteJournal(Journal):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise _journal_error("open", self.path, exc) from exc
+        # Journals made before schemes were stored digested keys with BLAKE2b.
+        self.key_scheme = str(meta.get("keys", "blake2b-128"))
         recorded = meta.get("fingerprint")
         if force:
             self._reset()
@@ -563,7 +566,12 @@ class SqliteJournal(Journal):
         now = time.time()
         conn.executemany(
             "INSERT INTO meta VALUES (?, ?)",
-            [("format", FORMAT), ("version", VERSION), ("created", now)],
+            [
+                ("format", FORMAT),
+                ("version", VERSION),
+                ("created", now),
+                ("keys", DEFAULT_KEY_SCHEME),
+            ],
         )
 
     def _set_meta(self, name: str, value: object) -> None:
@@ -584,7 +592,9 @@ class SqliteJournal(Journal):
             conn.execute("UPDATE totals SET n = 0")
             self._set_meta("fingerprint", self.fingerprint)
             self._set_meta("created", time.time())
+            self._set_meta("keys", DEFAULT_KEY_SCHEME)
             conn.execute("COMMIT")
+            self.key_scheme = DEFAULT_KEY_SCHEME
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -663,13 +673,19 @@ class SqliteJournal(Journal):
         inflight = self._inflight
         n = len(keys)
         maybe = self._filter.maybe(keys)
-        if not maybe and not self._resumed and len(set(keys)) == n:
-            # The usual case, checked in C: new to this run, to the journal, to the batch.
-            if claim:
-                self._filter.add(keys)
-                inflight.update(keys)
-                self._stats.started += n
-            return [True] * n
+        if not maybe and not self._resumed:
+            # The usual case, checked in C: new to this run and to the journal (none is in
+            # flight), and to the batch if the set of keys in flight grows by all of them.
+            before = len(inflight)
+            inflight.update(keys)
+            if len(inflight) - before == n:
+                if claim:
+                    self._filter.add(keys)
+                    self._stats.started += n
+                else:
+                    inflight.difference_update(keys)
+                return [True] * n
+            inflight.difference_update(keys)  # a key twice in the batch: the long way
         # Keys this run has already claimed or recorded (exactly: the filter may be wrong).
         seen = self._seen_this_run({keys[i] for i in maybe}) if maybe else set()
         rows = self._query(list(keys)) if self._resumed else {}
@@ -895,7 +911,7 @@ class SqliteJournal(Journal):
             return False
         n = len(keys)
         try:
-            rows = list(map(results.encode, payloads))
+            rows = results.encode_many(payloads)
         except UnwritableRecord:
             return False
         before = len(inflight)

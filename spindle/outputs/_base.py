@@ -73,6 +73,11 @@ class Output(ABC, Generic[RowT]):
     def encode(self, record: Any) -> RowT:
         """Encode one record, or raise :class:`UnwritableRecord` saying why it cannot be."""
 
+    def encode_many(self, records: Sequence[Any]) -> list[RowT]:
+        """Encode a batch of records (the usual call: a writer may do it in one pass);
+        raises :class:`UnwritableRecord` if any of them cannot be."""
+        return list(map(self.encode, records))
+
     @abstractmethod
     def write(self, rows: Sequence[RowT]) -> None:
         """Append encoded rows. They count only once a later :meth:`commit` covers them."""

@@ -197,6 +197,13 @@ class JsonlOutput(AppendFileOutput[bytes]):
                 f"a result of type {type(record).__name__} cannot be written as JSON: {exc}"
             ) from exc
 
+    def encode_many(self, records: Sequence[Any]) -> list[bytes]:
+        dumps, default = orjson.dumps, self._default
+        try:
+            return [dumps(r, default=default, option=JSON_OPTIONS) for r in records]
+        except TypeError:  # say which one, and why
+            return list(map(self.encode, records))
+
     def _join(self, rows: Sequence[bytes]) -> bytes:
         return b"\n".join(rows) + b"\n"
 

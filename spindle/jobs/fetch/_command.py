@@ -55,8 +55,8 @@ from spindle._journaled import (
     input_identity,
     journal_options,
     open_journal,
-    text_key,
 )
+from spindle._keys import keys_for
 from spindle._loading import load_function
 from spindle._records import (
     WRITTEN,
@@ -315,6 +315,7 @@ def open_fetch_journal(
         retry_failed=retry_failed,
         force=force,
     )
+    text_key = keys_for(opened.key_scheme).text
     return JournaledMap(opened, text_key, text_key, FETCH_SHAPE)
 
 
