@@ -73,7 +73,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import compress, repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -97,7 +97,7 @@ from ._base import (
 from ._errors import JournalCorrupt, JournalError, JournalMismatch
 from ._filter import KeyFilter
 from ._lock import JournalLock
-from ._log import pack_keys, unpack_keys
+from ._log import DIGESTS, digest_blob, pack_keys, unpack_keys
 from ._status import JournalStatus, collect_status, read_status
 
 #: Marks a database as a spindle journal, so that no other SQLite file is ever taken for one.
@@ -131,6 +131,7 @@ CREATE TABLE runs (
     failed INTEGER NOT NULL DEFAULT 0,
     pid INTEGER,
     inflight BLOB,
+    inflight_fmt TEXT,
     inflight_n INTEGER
 );
 CREATE TABLE log (
@@ -138,6 +139,7 @@ CREATE TABLE log (
     run INTEGER NOT NULL,
     committed REAL NOT NULL,
     n INTEGER NOT NULL,
+    fmt TEXT NOT NULL,
     keys BLOB NOT NULL
 );
 CREATE TABLE outputs (slot TEXT PRIMARY KEY, identity TEXT NOT NULL, point TEXT NOT NULL)
@@ -151,9 +153,10 @@ _TABLES = {"meta", "items", "runs", "outputs", "totals"}
 #: What format 2 added to a format 1 journal.
 _UPGRADE_1 = (
     "ALTER TABLE runs ADD COLUMN inflight BLOB",
+    "ALTER TABLE runs ADD COLUMN inflight_fmt TEXT",
     "ALTER TABLE runs ADD COLUMN inflight_n INTEGER",
     "CREATE TABLE log (id INTEGER PRIMARY KEY, run INTEGER NOT NULL, committed REAL NOT NULL,"
-    " n INTEGER NOT NULL, keys BLOB NOT NULL)",
+    " n INTEGER NOT NULL, fmt TEXT NOT NULL, keys BLOB NOT NULL)",
 )
 
 #: The runs' reports (``report`` is the JSON of ``--stats-json``). Not in _TABLES: journals
@@ -207,17 +210,39 @@ ON CONFLICT (key) DO UPDATE SET
     message = excluded.message, run = excluded.run, started = excluded.started,
     finished = excluded.finished
 """
-#: A key of the log into the index: done at its first attempt, in ``run``, at ``finished``.
+#: Keys of the log into the index: done at the first attempt, in run ``r``, at time ``t``.
+#: ``{keys}`` selects the rows ``(k, r, t)``: one of parameters, or every digest of a blob.
 _MERGE_DONE = """
-INSERT INTO items (key, state, attempts, run, finished) VALUES (?, 'done', 1, ?, ?)
+INSERT INTO items (key, state, attempts, run, finished)
+SELECT k, 'done', 1, r, t FROM ({keys}) WHERE true
 ON CONFLICT (key) DO UPDATE SET
     state = 'done', attempts = 1, error = NULL, message = NULL, run = excluded.run,
     started = NULL, finished = excluded.finished
 """
-#: A key a dead run had in flight: pending, unless the index knows better.
+#: Keys a dead run ``r`` had in flight: pending, unless the index knows better.
 _MERGE_PENDING = """
-INSERT INTO items (key, state, run) VALUES (?, 'pending', ?) ON CONFLICT (key) DO NOTHING
+INSERT INTO items (key, state, run) SELECT k, 'pending', r FROM ({keys}) WHERE true
+ON CONFLICT (key) DO NOTHING
 """
+#: The keys of a blob of digests (?1) of ?2 keys, sorted, as rows (k, r=?3, t=?4).
+_EACH_DIGEST = """
+WITH RECURSIVE i(n) AS (SELECT 0 WHERE ?2 > 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < ?2)
+"""
+_DIGEST_ROWS = "SELECT substr(?1, n * 16 + 1, 16) AS k, ?3 AS r, ?4 AS t FROM i ORDER BY 1"
+_PARAM_ROWS = "SELECT ? AS k, ? AS r, ? AS t"
+
+#: Of a batch of digests (?1, ?2 keys): the index of each one earlier runs left to do,
+#: with the state and run of its row (NULL without one), or that this run (?3) recorded;
+#: failures count as left to do with ``retry_failed`` (?4).
+_LEFT_TO_DO = (
+    _EACH_DIGEST
+    + """SELECT n, items.state, items.run FROM i
+LEFT JOIN items ON items.key = substr(?1, n * 16 + 1, 16)
+WHERE items.state IS NULL OR items.state = 'pending' OR items.run = ?3
+    OR (items.state = 'failed' AND ?4)
+"""
+)
+
 #: Keys merged into the index per statement (sorted together: fewer pages touched).
 _MERGE_BATCH = 1 << 18
 
@@ -309,14 +334,14 @@ class _CommitJob:
     def run(self) -> None:
         conn = self.conn
         try:
-            blob = pack_keys(self.keys) if self.keys else None
-            inflight = pack_keys(self.inflight) if self.inflight else None
+            fmt, blob = pack_keys(self.keys) if self.keys else (None, None)
+            in_fmt, inflight = pack_keys(self.inflight) if self.inflight else (None, None)
             conn.execute("BEGIN IMMEDIATE")
             if blob is not None and self.log is not None:
                 run, when = self.log
                 conn.execute(
-                    "INSERT INTO log (run, committed, n, keys) VALUES (?, ?, ?, ?)",
-                    (run, when, len(self.keys), blob),
+                    "INSERT INTO log (run, committed, n, fmt, keys) VALUES (?, ?, ?, ?, ?)",
+                    (run, when, len(self.keys), fmt, blob),
                 )
             if self.rows:
                 conn.executemany(_UPSERT_ITEM, _sorted(self.rows))
@@ -325,8 +350,8 @@ class _CommitJob:
                     conn.executemany(sql, rows)
             if self.log is not None:
                 conn.execute(
-                    "UPDATE runs SET inflight = ?, inflight_n = ? WHERE id = ?",
-                    (inflight, len(self.inflight) if inflight else None, self.log[0]),
+                    "UPDATE runs SET inflight = ?, inflight_fmt = ?, inflight_n = ? WHERE id = ?",
+                    (inflight, in_fmt, len(self.inflight) if inflight else None, self.log[0]),
                 )
             conn.execute("COMMIT")
         except BaseException as exc:
@@ -688,30 +713,43 @@ class SqliteJournal(Journal):
             inflight.difference_update(keys)  # a key twice in the batch: the long way
         # Keys this run has already claimed or recorded (exactly: the filter may be wrong).
         seen = self._seen_this_run({keys[i] for i in maybe}) if maybe else set()
-        rows = self._query(list(keys)) if self._resumed else {}
+        # Resuming: which keys earlier runs left to do (None: the index has no row).
+        left = self._left_to_do(keys) if self._resumed else None
         result = [False] * n
-        batch: set[Key] = set()
         duplicates = skipped_done = 0
-        run, retry = self._run, self.retry_failed
+        run = self._run
         db_states = self._db_states
-        for i, key in enumerate(keys):
-            if key in seen or key in batch:
-                duplicates += 1
-                continue
-            batch.add(key)
-            row = rows.get(key)
-            if row is not None:
-                state, row_run = row
-                if row_run == run:  # recorded as a failure by this run, then resumed
+        if left is not None and not seen and len(set(keys)) == n:
+            # A batch of distinct keys: only those earlier runs left need a look.
+            skipped_done = n - len(left)
+            for i, (state, row_run) in left.items():
+                if state is not None:
+                    if row_run == run:  # recorded by this run, then found in the index
+                        duplicates += 1
+                        continue
+                    if claim:
+                        db_states[keys[i]] = state
+                result[i] = True
+        else:
+            batch: set[Key] = set()
+            for i, key in enumerate(keys):
+                if key in seen or key in batch:
                     duplicates += 1
                     continue
-                if state == PENDING or (state == FAILED and retry):
-                    if claim:
-                        db_states[key] = state
-                else:
-                    skipped_done += 1
-                    continue
-            result[i] = True
+                batch.add(key)
+                if left is not None:
+                    row = left.get(i)
+                    if row is None:
+                        skipped_done += 1
+                        continue
+                    state, row_run = row
+                    if state is not None:
+                        if row_run == run:
+                            duplicates += 1
+                            continue
+                        if claim:
+                            db_states[key] = state
+                result[i] = True
         if claim:
             go = list(compress(keys, result))
             self._filter.add(go)
@@ -721,6 +759,33 @@ class SqliteJournal(Journal):
             stats.skipped_done += skipped_done
             stats.skipped_duplicate += duplicates
         return result
+
+    def _left_to_do(self, keys: Sequence[Key]) -> dict[int, tuple[State | None, int | None]]:
+        """By index into ``keys``: those earlier runs did not finish, with the state and
+        run of their row (None, None without one), and those of this run. Left out: keys
+        done (or, without ``retry_failed``, failed) in an earlier run, to be skipped."""
+        blob = digest_blob(keys)
+        if blob is not None:  # one statement, no Python per key
+            conn = self._reader
+            assert conn is not None
+            try:
+                rows = conn.execute(
+                    _LEFT_TO_DO, (blob, len(keys), self._run, int(self.retry_failed))
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise _journal_error("read", self.path, exc) from exc
+            return {i: (state, run) for i, state, run in rows}
+        found = self._query(list(keys))
+        left: dict[int, tuple[State | None, int | None]] = {}
+        for i, key in enumerate(keys):
+            row = found.get(key)
+            if row is None:
+                left[i] = (None, None)
+                continue
+            state, run = cast(tuple[State, int], row)
+            if state == PENDING or run == self._run or (state == FAILED and self.retry_failed):
+                left[i] = (state, run)
+        return left
 
     def _seen_this_run(self, candidates: set[Key]) -> set[Key]:
         """Which of ``candidates`` this run has claimed: in flight, recorded and waiting
@@ -771,29 +836,25 @@ class SqliteJournal(Journal):
         try:
             conn.execute("BEGIN IMMEDIATE")
             ids = [r[0] for r in conn.execute(f"SELECT id FROM log {where} ORDER BY id", args)]
-            rows: list[tuple[Any, ...]] = []
             for log_id in ids:
-                log_run, committed, blob = conn.execute(
-                    "SELECT run, committed, keys FROM log WHERE id = ?", (log_id,)
+                log_run, committed, n, fmt, blob = conn.execute(
+                    "SELECT run, committed, n, fmt, keys FROM log WHERE id = ?", (log_id,)
                 ).fetchone()
-                rows += zip(unpack_keys(blob), repeat(log_run), repeat(committed))
-                if len(rows) >= _MERGE_BATCH:
-                    conn.executemany(_MERGE_DONE, _sorted(rows))
-                    rows = []
-            if rows:
-                conn.executemany(_MERGE_DONE, _sorted(rows))
+                self._merge_keys(_MERGE_DONE, fmt, blob, n, log_run, committed)
             conn.execute(f"DELETE FROM log {where}", args)
             if run is None:
                 before = conn.total_changes
                 dead = conn.execute(
-                    "SELECT id, inflight FROM runs WHERE inflight IS NOT NULL ORDER BY id"
+                    "SELECT id, inflight_fmt, inflight, inflight_n FROM runs"
+                    " WHERE inflight IS NOT NULL ORDER BY id"
                 ).fetchall()
-                for rid, blob in dead:
-                    conn.executemany(
-                        _MERGE_PENDING, _sorted(list(zip(unpack_keys(blob), repeat(rid))))
-                    )
+                for rid, fmt, blob, n in dead:
+                    self._merge_keys(_MERGE_PENDING, fmt, blob, n, rid, None)
                 added = conn.total_changes - before
-                conn.execute("UPDATE runs SET inflight = NULL, inflight_n = NULL")
+                conn.execute(
+                    "UPDATE runs SET inflight = NULL, inflight_fmt = NULL, inflight_n = NULL"
+                    " WHERE inflight IS NOT NULL"
+                )
                 conn.execute("UPDATE totals SET n = n + ? WHERE state = 'pending'", (added,))
             conn.execute("COMMIT")
         except BaseException as exc:
@@ -805,6 +866,20 @@ class SqliteJournal(Journal):
             raise
         if run is not None:
             self._logged = False
+
+    def _merge_keys(
+        self, sql: str, fmt: str, blob: bytes, n: int, run: int, when: float | None
+    ) -> None:
+        """One blob of keys into the index: digests cut up and sorted by SQLite itself."""
+        conn = self._conn
+        assert conn is not None
+        if fmt == DIGESTS:
+            conn.execute(_EACH_DIGEST + sql.format(keys=_DIGEST_ROWS), (blob, n, run, when))
+            return
+        for start in range(0, n, _MERGE_BATCH):
+            keys = unpack_keys(fmt, blob)[start : start + _MERGE_BATCH]
+            rows = _sorted([(key, run, when) for key in keys])
+            conn.executemany(sql.format(keys=_PARAM_ROWS), rows)
 
     # -- recording ---------------------------------------------------------------------
 

@@ -253,10 +253,12 @@ def item_states(path: str | os.PathLike[str]) -> dict[Key, str]:
         states: dict[Key, str] = dict(conn.execute("SELECT key, state FROM items").fetchall())
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         if "log" in tables:
-            for (blob,) in conn.execute("SELECT keys FROM log ORDER BY id"):
-                states.update(dict.fromkeys(unpack_keys(blob), "done"))
-            for (blob,) in conn.execute("SELECT inflight FROM runs WHERE inflight IS NOT NULL"):
-                for key in unpack_keys(blob):
+            for fmt, blob in conn.execute("SELECT fmt, keys FROM log ORDER BY id"):
+                states.update(dict.fromkeys(unpack_keys(fmt, blob), "done"))
+            for fmt, blob in conn.execute(
+                "SELECT inflight_fmt, inflight FROM runs WHERE inflight IS NOT NULL"
+            ):
+                for key in unpack_keys(fmt, blob):
                     states.setdefault(key, "pending")
     finally:
         conn.close()

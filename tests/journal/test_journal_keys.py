@@ -41,9 +41,9 @@ def test_a_journal_keyed_with_blake2b_resumes_with_blake2b(tmp_path: Path) -> No
     conn = sqlite3.connect(journal, isolation_level=None)
     assert conn.execute("SELECT value FROM meta WHERE name = 'keys'").fetchone() == ("xxh3-128",)
     conn.execute("DELETE FROM meta WHERE name = 'keys'")
-    for log_id, blob in conn.execute("SELECT id, keys FROM log").fetchall():
-        blob = pack_keys([by_new[k] for k in unpack_keys(blob)])  # type: ignore[index]
-        conn.execute("UPDATE log SET keys = ? WHERE id = ?", (blob, log_id))
+    for log_id, fmt, blob in conn.execute("SELECT id, fmt, keys FROM log").fetchall():
+        fmt, blob = pack_keys([by_new[k] for k in unpack_keys(fmt, blob)])  # type: ignore[index]
+        conn.execute("UPDATE log SET fmt = ?, keys = ? WHERE id = ?", (fmt, blob, log_id))
     conn.close()
     again = run_journaled(pipeline, lines, output=out, journal=journal)
     assert (again.done, again.skipped_done) == (10, 40)  # only the new lines ran

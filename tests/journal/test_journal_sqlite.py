@@ -24,6 +24,7 @@ from spindle.journal import (
     JournalError,
     JournalLocked,
     JournalMismatch,
+    Key,
     MemoryJournal,
     Record,
     SqliteJournal,
@@ -612,6 +613,7 @@ def test_a_journal_of_format_1_is_upgraded_and_resumed(tmp_path: Path) -> None:
     conn.execute("DROP TABLE log")
     conn.execute("ALTER TABLE runs DROP COLUMN inflight")
     conn.execute("ALTER TABLE runs DROP COLUMN inflight_n")
+    conn.execute("ALTER TABLE runs DROP COLUMN inflight_fmt")
     conn.execute("UPDATE meta SET value = 1 WHERE name = 'version'")
     conn.close()
     assert sqlite_module.read_status(db).done == 1
@@ -639,3 +641,28 @@ def test_the_timeline_counts_logged_and_indexed_items_alike(tmp_path: Path) -> N
         j.mark_started(["d"])
         j.record([done("d")])
     assert last() == (3, 1)
+
+
+@pytest.mark.parametrize("digests", [True, False], ids=["digest keys", "text keys"])
+def test_resuming_decides_alike_for_digest_and_text_keys(tmp_path: Path, digests: bool) -> None:
+    """Digest keys are looked up by one SQL statement per batch, other keys one by one:
+    both must skip, retry and claim the same keys."""
+
+    def k(name: str) -> Key:
+        return name.encode().ljust(16, b".") if digests else name
+
+    with open_journal(tmp_path) as j:
+        j.mark_started([k(x) for x in "abcd"])
+        j.record([Record.done(k("a"), {"key": "a"}), Record.failed(k("b"), "E", "m", {})])
+        j.flush()
+        j.record([Record.done(k("c"), {"key": "c"})])  # d stays in flight: pending
+    with open_journal(tmp_path) as j:
+        batch = [k(x) for x in "abcdeae"]
+        assert j.mark_started(batch) == [False, False, False, True, True, False, False]
+        stats = j.stats()
+        assert (stats.skipped_done, stats.skipped_duplicate) == (3, 2)
+        j.record([Record.failed(k("d"), "E", "again", {}), Record.done(k("e"), {"key": "e"})])
+        j.flush()
+        assert j.mark_started([k("d"), k("e"), k("f")]) == [False, False, True]
+    with open_journal(tmp_path, retry_failed=True) as j:
+        assert j.mark_started([k(x) for x in "abcdef"]) == [False, True, False, True, False, True]
