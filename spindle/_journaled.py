@@ -49,7 +49,8 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import compress, islice
+from itertools import compress, islice, starmap
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -394,6 +395,7 @@ def _record_results(
     """The caller's side: record each ``(input, result)`` under its key, in batches of
     ``batch``, or sooner when results come slowly (:data:`RECORD_DELAY`)."""
     pop = keys.pop
+    first, second = itemgetter(0), itemgetter(1)
     as_record, as_failure = shape.result, shape.failure
     record = journal.record
     clock = time.monotonic
@@ -404,12 +406,12 @@ def _record_results(
     due = clock() + RECORD_DELAY
     try:
         for chunk in results.chunks():
-            inputs = [pair[0] for pair in chunk]
-            values = [pair[1] for pair in chunk]
+            inputs = list(map(first, chunk))
+            values = list(map(second, chunk))
             chunk_keys = list(map(pop, map(id, inputs)))
             if Failure not in map(type, values):  # the usual chunk: all done
                 done_keys += chunk_keys
-                done_payloads += [as_record(i, v) for i, v in chunk]
+                done_payloads += starmap(as_record, chunk)
                 done += len(chunk)
             else:
                 for key, item, value in zip(chunk_keys, inputs, values, strict=True):

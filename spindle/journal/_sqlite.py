@@ -876,9 +876,9 @@ class SqliteJournal(Journal):
         if fmt == DIGESTS:
             conn.execute(_EACH_DIGEST + sql.format(keys=_DIGEST_ROWS), (blob, n, run, when))
             return
-        for start in range(0, n, _MERGE_BATCH):
-            keys = unpack_keys(fmt, blob)[start : start + _MERGE_BATCH]
-            rows = _sorted([(key, run, when) for key in keys])
+        keys = unpack_keys(fmt, blob)
+        for start in range(0, len(keys), _MERGE_BATCH):
+            rows = _sorted([(key, run, when) for key in keys[start : start + _MERGE_BATCH]])
             conn.executemany(sql.format(keys=_PARAM_ROWS), rows)
 
     # -- recording ---------------------------------------------------------------------
