@@ -122,7 +122,7 @@ class JournalStats:
         unwritable: results the output could not encode; recorded as failures.
         ignored: records for keys already recorded (not written again).
         commits: transactions committed.
-        in_flight: keys claimed and not yet committed as recorded.
+        in_flight: keys claimed and not yet recorded.
     """
 
     started: int = 0
