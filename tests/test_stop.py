@@ -107,3 +107,22 @@ def test_ctrl_c_stops_the_run_and_every_worker(tmp_path: Path) -> None:
     assert "KeyboardInterrupt" in err
     _, alive = psutil.wait_procs(workers, timeout=5)
     assert alive == []
+
+
+def test_a_replacement_still_starting_when_the_run_ends_is_ended_not_awaited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers retire after two jobs; their replacements take a minute to start. The run
+    ends first: closing ends the replacements at once, and the snapshot taken after the
+    run counts them as never started instead of failing on their cut-short start-up."""
+    monkeypatch.setenv("SPINDLE_TEST_MARKS", str(tmp_path))
+    stage = spindle.cpu(
+        jobs.square, workers=2, batch_size=1, max_jobs_per_worker=2, init=jobs.slow_after_two_inits
+    )
+    pipeline = spindle.Pipeline([stage])
+    t0 = time.monotonic()
+    assert list(pipeline.run(range(4))) == [0, 1, 4, 9]
+    assert time.monotonic() - t0 < 30  # the replacements' minute-long start was not awaited
+    snapshot = pipeline.snapshot()
+    assert snapshot["stages"][0]["done"] == 4
+    assert psutil.Process().children() == []

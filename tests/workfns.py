@@ -223,3 +223,12 @@ def report_jobs(state: dict[str, int]) -> dict[str, Any]:
 
 def broken_reporter(state: Any) -> dict[str, Any]:
     raise RuntimeError("the reporter has a bug")
+
+
+def slow_after_two_inits() -> None:
+    """Quick in the first two workers, a minute long in any later one (a replacement)."""
+    counter = os.path.join(os.environ["SPINDLE_TEST_MARKS"], "inits")
+    with open(counter, "a") as f:
+        f.write("x")
+    if os.path.getsize(counter) > 2:
+        time.sleep(60)

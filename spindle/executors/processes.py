@@ -204,7 +204,12 @@ class _Worker:
         if self._started:
             return True
         ready = self.ready
-        self._started = ready is not None and ready.done() and ready.exception() is None
+        self._started = (
+            ready is not None
+            and ready.done()
+            and not ready.cancelled()  # start-up cut short by the run's end
+            and ready.exception() is None
+        )
         return self._started
 
     @property
@@ -903,7 +908,9 @@ class ProcessExecutor(Executor):
         self._prelaunched.clear()
         workers = [w for w in self._workers if w.alive]
         for w in workers:
-            if cancel or w.pending or w.transport is None:
+            # A worker still starting (a replacement the run's end cut short) has done
+            # nothing to report and may never read a STOP: it is ended, not asked.
+            if cancel or w.pending or w.transport is None or not w.started:
                 w.signal(signal.SIGTERM)
             else:
                 w.send(_wire.OP_STOP, 0)
