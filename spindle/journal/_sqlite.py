@@ -828,21 +828,25 @@ class SqliteJournal(Journal):
         """Bring the index (``items``) up to date with the log: of every earlier run when
         opening (with the keys each one had in flight, as pending), or of this run.
 
-        One transaction: a crash in it leaves the log as it was, merged next time.
+        A transaction per log row (its keys merged and the row deleted together), so
+        that a crash anywhere leaves every key either in the log or in the index, and
+        the write-ahead log stays the size of one row's keys, not of the whole log.
         """
         conn = self._conn
         assert conn is not None
         where, args = ("WHERE run = ?", (run,)) if run is not None else ("", ())
         try:
-            conn.execute("BEGIN IMMEDIATE")
             ids = [r[0] for r in conn.execute(f"SELECT id FROM log {where} ORDER BY id", args)]
             for log_id in ids:
+                conn.execute("BEGIN IMMEDIATE")
                 log_run, committed, n, fmt, blob = conn.execute(
                     "SELECT run, committed, n, fmt, keys FROM log WHERE id = ?", (log_id,)
                 ).fetchone()
                 self._merge_keys(_MERGE_DONE, fmt, blob, n, log_run, committed)
-            conn.execute(f"DELETE FROM log {where}", args)
+                conn.execute("DELETE FROM log WHERE id = ?", (log_id,))
+                conn.execute("COMMIT")
             if run is None:
+                conn.execute("BEGIN IMMEDIATE")
                 before = conn.total_changes
                 dead = conn.execute(
                     "SELECT id, inflight_fmt, inflight, inflight_n FROM runs"
@@ -856,7 +860,7 @@ class SqliteJournal(Journal):
                     " WHERE inflight IS NOT NULL"
                 )
                 conn.execute("UPDATE totals SET n = n + ? WHERE state = 'pending'", (added,))
-            conn.execute("COMMIT")
+                conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
