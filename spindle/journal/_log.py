@@ -16,7 +16,7 @@ import msgpack
 
 from ._base import Key
 
-__all__ = ["DIGESTS", "MSGPACK", "digest_blob", "pack_keys", "unpack_keys"]
+__all__ = ["DIGESTS", "MSGPACK", "digest_blob", "needle", "pack_keys", "unpack_keys"]
 
 DIGESTS = "d16"
 MSGPACK = "msgpack"
@@ -49,3 +49,12 @@ def unpack_keys(fmt: str, blob: bytes) -> list[Key]:
         return [blob[i : i + _SIZE] for i in range(0, len(blob), _SIZE)]
     keys: list[Key] = msgpack.unpackb(blob, raw=False, use_list=True)
     return keys
+
+
+def needle(key: Key) -> bytes:
+    """Bytes that every blob holding ``key`` contains (bytes as they are, in either
+    encoding; text as msgpack writes it), so a scan can find the candidate rows."""
+    if isinstance(key, bytes):
+        return key
+    packed: bytes = msgpack.packb(key, use_bin_type=True)
+    return packed

@@ -97,7 +97,7 @@ from ._base import (
 from ._errors import JournalCorrupt, JournalError, JournalMismatch
 from ._filter import KeyFilter
 from ._lock import JournalLock
-from ._log import DIGESTS, digest_blob, pack_keys, unpack_keys
+from ._log import DIGESTS, digest_blob, needle, pack_keys, unpack_keys
 from ._status import JournalStatus, collect_status, read_status
 
 #: Marks a database as a spindle journal, so that no other SQLite file is ever taken for one.
@@ -243,11 +243,24 @@ WHERE items.state IS NULL OR items.state = 'pending' OR items.run = ?3
 """
 )
 
+#: The log rows of run ?2 whose blob holds the bytes ?1 (a digest, or a key as msgpack
+#: packs it): candidates only, a match may straddle two keys.
+_SCAN_LOG = "SELECT fmt, keys FROM log WHERE run = ?2 AND instr(keys, ?1) > 0"
+
 #: Keys merged into the index per statement (sorted together: fewer pages touched).
 _MERGE_BATCH = 1 << 18
 
-#: Bloom filter false positives: a positive costs an exact check, which may merge the log.
-_FALSE_POSITIVES = 1e-6
+#: Bloom filter false positives: a positive costs an exact check, which may scan the log.
+_FALSE_POSITIVES = 1e-7
+
+
+#: Page cache of a connection that only appends (MB); ``cache_mb`` is for lookups and merges.
+_SMALL_CACHE_MB = 4
+
+
+def _cache(conn: sqlite3.Connection | None, mb: int) -> None:
+    if conn is not None:
+        conn.execute(f"PRAGMA cache_size={-1024 * mb}")
 
 
 def _sorted(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -428,6 +441,7 @@ class SqliteJournal(Journal):
         # with that state: their record replaces it. Empty unless resuming.
         self._db_states: dict[Key, State] = {}
         self._logged = False  # this run has log rows not merged into the index
+        self._repeats = False  # this run's input repeated a key it had committed
         # Records waiting for a commit, by the output they need to be durable in first
         # ("" for records that need none).
         self._waiting = {slot: _Waiting(slot) for slot in ("", *self._outputs)}
@@ -466,6 +480,10 @@ class SqliteJournal(Journal):
             # Resuming: every key is looked up in the index of earlier runs. Either way
             # the filter rules out, for nearly every key, that this run has claimed it.
             self._resumed = not empty[0]
+            # Past the merge, the writer only appends: a small cache is enough, and the
+            # reader needs a large one only to look every key up (resuming).
+            _cache(self._conn, _SMALL_CACHE_MB)
+            _cache(self._reader, self.cache_mb if self._resumed else _SMALL_CACHE_MB)
         except BaseException:
             for out in opened:
                 with contextlib.suppress(Exception):
@@ -803,13 +821,38 @@ class SqliteJournal(Journal):
             found.update(rest.intersection(map(itemgetter(0), rows)))
             seen |= found
             rest -= found
-        if rest:
-            if self._logged:
+        if rest and self._logged:
+            if self._repeats:  # the input repeats itself: index the log once and for all
                 self._settle()
                 self._merge_logs(self._run)
+            else:  # most likely a false positive of the filter: look, without an index
+                found = self._scan_own_log(rest)
+                self._repeats = bool(found)
+                seen |= found
+                rest -= found
+        if rest:  # this run's failures, and its log once merged, are in the index
             run = self._run
             seen.update(k for k, (_, row_run) in self._query(list(rest)).items() if row_run == run)
         return seen
+
+    def _scan_own_log(self, keys: set[Key]) -> set[Key]:
+        """Which of ``keys`` this run's log holds, found by SQLite scanning its blobs
+        (``instr``) and confirmed by decoding the rows it points at. A scan reads the
+        whole log, about a quarter of a second per ten million keys here: fine for the
+        filter's rare false positives, not for an input full of repeats."""
+        conn = self._reader
+        assert conn is not None
+        found: set[Key] = set()
+        try:
+            for key in keys:
+                rows = conn.execute(_SCAN_LOG, (needle(key), self._run)).fetchall()
+                for fmt, blob in rows:
+                    if key in unpack_keys(fmt, blob):
+                        found.add(key)
+                        break
+        except sqlite3.Error as exc:
+            raise _journal_error("read", self.path, exc) from exc
+        return found
 
     def _query(self, keys: list[Key]) -> dict[Key, tuple[str, int]]:
         """The index's ``(state, run)`` of each of ``keys`` it has."""
@@ -836,6 +879,7 @@ class SqliteJournal(Journal):
         assert conn is not None
         where, args = ("WHERE run = ?", (run,)) if run is not None else ("", ())
         try:
+            _cache(conn, self.cache_mb)
             ids = [r[0] for r in conn.execute(f"SELECT id FROM log {where} ORDER BY id", args)]
             for log_id in ids:
                 conn.execute("BEGIN IMMEDIATE")
@@ -870,6 +914,7 @@ class SqliteJournal(Journal):
             raise
         if run is not None:
             self._logged = False
+            _cache(conn, _SMALL_CACHE_MB)
 
     def _merge_keys(
         self, sql: str, fmt: str, blob: bytes, n: int, run: int, when: float | None

@@ -35,16 +35,40 @@ def test_every_added_key_may_be_present_as_the_filter_grows() -> None:
 def test_a_duplicate_of_a_key_committed_earlier_in_the_run_is_caught(tmp_path: Path) -> None:
     from spindle.journal import Record
 
-    with SqliteJournal(tmp_path / "j.db", "fp", commit_interval=0) as j:
+    db = tmp_path / "j.db"
+    with SqliteJournal(db, "fp", commit_interval=0) as j:
         assert j.mark_started([b"a", b"b"]) == [True, True]
         j.record([Record.done(b"a", 1), Record.done(b"b", 2)])  # committed to the log
-        assert log_rows(tmp_path / "j.db") == 1
-        assert j.mark_started([b"c", b"a", b"b"]) == [True, False, False]
-        assert j.stats().skipped_duplicate == 2
-        assert log_rows(tmp_path / "j.db") == 0  # the exact check merged the log
-    with SqliteJournal(tmp_path / "j.db", "fp", commit_interval=0) as j:
+        assert log_rows(db) == 1
+        # The first repeat is found by scanning the log: no index is built for it...
+        assert j.mark_started([b"c", b"a"]) == [True, False]
+        j.record([Record.done(b"c", 3)])
+        assert log_rows(db) == 2
+        # ...but an input that repeats itself gets the log indexed, once, then merged.
+        assert j.mark_started([b"b", b"c", b"d"]) == [False, False, True]
+        assert log_rows(db) == 0
+        assert j.stats().skipped_duplicate == 3
+    with SqliteJournal(db, "fp", commit_interval=0) as j:
         assert j._resumed  # every key is looked up in the index
-        assert j.mark_started([b"a", b"c", b"d"]) == [False, True, True]
+        assert j.mark_started([b"a", b"c", b"d", b"e"]) == [False, False, True, True]
+
+
+def test_false_positives_of_the_filter_cost_a_scan_not_an_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spindle.journal import Record
+
+    monkeypatch.setattr(KeyFilter, "maybe", lambda self, keys: list(range(len(keys))))
+    db = tmp_path / "j.db"
+    keys = digests(0, 2000) + ["text", "keys"]
+    with SqliteJournal(db, "fp", commit_interval=0) as j:
+        for start in range(0, len(keys), 100):
+            chunk = keys[start : start + 100]
+            assert j.mark_started(chunk) == [True] * len(chunk)  # new, each of them
+            j.record([Record.done(k, 1) for k in chunk])
+        assert log_rows(db) == 21  # never merged: every "maybe" was found new by a scan
+        assert j.mark_started(["keys", keys[5]]) == [False, False]  # repeats, found by scans
+    assert item_states(db) == dict.fromkeys(keys, "done")
 
 
 def log_rows(path: Path) -> int:
