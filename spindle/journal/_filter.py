@@ -6,8 +6,8 @@ memory, or an index of them on disk that costs more to keep than a tiny job; thi
 (rbloom, in compiled code) answers "certainly not seen" for almost every new key, and
 only the keys it cannot rule out get the exact check.
 
-It holds bits, not keys: about 3.6 bytes per key at the journal's false-positive rate of
-1 in 1,000,000, so a run of ten million items costs about 50 MB (with the doubling
+It holds bits, not keys: about 4.2 bytes per key at the journal's false-positive rate of
+1 in 10,000,000, so a run of ten million items costs about 63 MB (with the doubling
 below), not gigabytes of Python objects. A Bloom filter cannot grow, so when the last
 one is full a twice larger one is added, and a lookup checks each of them. Bit positions
 come from ``hash()``, which is stable within one process: the filter lives as long as
