@@ -60,7 +60,7 @@ def test_false_positives_of_the_filter_cost_a_scan_not_an_index(
 
     monkeypatch.setattr(KeyFilter, "maybe", lambda self, keys: list(range(len(keys))))
     db = tmp_path / "j.db"
-    keys = digests(0, 2000) + ["text", "keys"]
+    keys: list[bytes | str] = [*digests(0, 2000), "text", "keys"]
     with SqliteJournal(db, "fp", commit_interval=0) as j:
         for start in range(0, len(keys), 100):
             chunk = keys[start : start + 100]
