@@ -2,13 +2,14 @@
 
 Data flow of one item, and where a crash can land::
 
-    mark_started(keys)  Bloom filter of this run's keys (and, resuming, one SELECT ...
-          |             WHERE key IN (...) per chunk): claim -> in memory (_inflight)
+    mark_started(keys)  Bloom filter of this run's keys (and, resuming, one SELECT per
+          |             chunk of keys): claim -> in memory (_inflight)
     record(batch)       encode payloads, os.write to the output       (not yet committed)
           |             ... more batches, until commit_interval or commit_items ...
     commit              1. output.commit(): fsync, returns its point (byte offset, row, part)
                         2. one SQLite transaction: one ``log`` row holding every key done
-                           since the last commit (msgpack), failures as ``items`` rows,
+                           since the last commit (digests end to end, or msgpack),
+                           failures as ``items`` rows,
                            outputs.point = the point, totals, the run's counters and the
                            keys still in flight, and the run's report (at most once a second)
           |
