@@ -235,7 +235,7 @@ ON CONFLICT (key) DO NOTHING
 _EACH_DIGEST = """
 WITH RECURSIVE i(n) AS (SELECT 0 WHERE ?2 > 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < ?2)
 """
-_DIGEST_ROWS = "SELECT substr(?1, n * 16 + 1, 16) AS k, ?3 AS r, ?4 AS t FROM i ORDER BY 1"
+_DIGEST_ROWS = "SELECT substr(?1, n * 16 + 1, 16) AS k, ?3 AS r, ?4 AS t FROM i"
 #: Every digest of a blob (?1, ?2 keys) into the staging table, with run ?3 and time ?4.
 _STAGE_DIGESTS = (
     _EACH_DIGEST + "INSERT INTO temp.merging SELECT substr(?1, n * 16 + 1, 16), ?3, ?4 FROM i"
@@ -309,6 +309,21 @@ def _journal_error(action: str, path: Path, exc: BaseException) -> JournalError:
     return JournalError(f"could not {action} journal {path}: {exc}")
 
 
+def _abandon(
+    conn: sqlite3.Connection, path: Path, action: str, exc: BaseException
+) -> BaseException:
+    """Roll back the transaction ``exc`` interrupted; return what to raise (an SQLite
+    error as a :class:`JournalError` saying what could not be done, the rest as is)."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+    if isinstance(exc, sqlite3.Error):
+        wrapped = _journal_error(action, path, exc)
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc
+
+
 def _encode_failure(
     failures: Output[Any], key: Key, error: str | None, message: str | None, payload: Any
 ) -> Any:
@@ -379,17 +394,9 @@ class _CommitJob:
                 )
             conn.execute("COMMIT")
         except BaseException as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                wrapped = _journal_error("write", self.path, exc)
-                wrapped.__cause__ = exc
-                self.error = wrapped
-            else:
-                self.error = exc
+            self.error = _abandon(conn, self.path, "write", exc)
             if self.thread is None:  # run in the caller: raise there
-                raise self.error from exc
+                raise self.error  # noqa: B904 - its cause is set
         finally:
             self.seconds = time.monotonic() - self.started
 
@@ -594,9 +601,7 @@ class SqliteJournal(Journal):
                 self._set_meta("version", VERSION)
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise _journal_error("open", self.path, exc) from exc
+            raise _abandon(conn, self.path, "open", exc)  # noqa: B904 - its cause is set
         # Journals made before schemes were stored digested keys with BLAKE2b.
         self.key_scheme = str(meta.get("keys", "blake2b-128"))
         recorded = meta.get("fingerprint")
@@ -648,9 +653,8 @@ class SqliteJournal(Journal):
             self._set_meta("keys", DEFAULT_KEY_SCHEME)
             conn.execute("COMMIT")
             self.key_scheme = DEFAULT_KEY_SCHEME
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        except BaseException as exc:
+            raise _abandon(conn, self.path, "reset", exc)  # noqa: B904 - its cause is set
 
     def _open_outputs(self, force: bool, opened: list[Output[Any]]) -> None:
         conn = self._conn
@@ -929,12 +933,7 @@ class SqliteJournal(Journal):
                 conn.execute("UPDATE totals SET n = n + ? WHERE state = 'pending'", (added,))
                 conn.execute("COMMIT")
         except BaseException as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise _journal_error("update", self.path, exc) from exc
-            raise
+            raise _abandon(conn, self.path, "update", exc)  # noqa: B904 - its cause is set
         if run is not None:
             self._logged = False
             _cache(conn, _SMALL_CACHE_MB)
