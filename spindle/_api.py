@@ -34,6 +34,7 @@ Every stage constructor and :func:`map` take the same options (``StageOptions``)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from typing import Any, Unpack
 
@@ -84,6 +85,11 @@ def map(  # the name mirrors the builtin on purpose
     ordered: bool = True,
     on_error: OnError = "raise",
     with_inputs: bool = False,
+    journal: str | os.PathLike[str] | None = None,
+    key: Callable[[Any], Any] | str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    retry_failed: bool = False,
+    force: bool = False,
     **options: Unpack[StageOptions],
 ) -> Results:
     """Apply ``fn`` to every item, lazily, on processes, threads or an event loop.
@@ -94,10 +100,22 @@ def map(  # the name mirrors the builtin on purpose
     type, with the worker's traceback as ``__cause__``); with ``"yield"`` a
     :class:`~spindle.Failure` takes the failed item's place. ``options`` are the
     stage options listed in this module's documentation (timeout, retries, init...).
+
+    ``journal=PATH`` makes the run resumable: the same call made again skips what was
+    done and runs the rest (``key``, ``output``, ``retry_failed`` and ``force`` are
+    described at :meth:`Pipeline.run`).
     """
     stage = make_stage(fn, kind, workers=workers, concurrency=concurrency, **options)
     pipeline = Pipeline([stage], ordered=ordered, on_error=on_error)
-    return pipeline.run(items, with_inputs=with_inputs)
+    return pipeline.run(
+        items,
+        with_inputs=with_inputs,
+        journal=journal,
+        key=key,
+        output=output,
+        retry_failed=retry_failed,
+        force=force,
+    )
 
 
 __all__ = ["cpu", "io", "map", "thread"]

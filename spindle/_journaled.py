@@ -47,7 +47,7 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import compress, islice, starmap
 from operator import itemgetter
@@ -78,6 +78,7 @@ from .outputs._base import check_parent
 __all__ = [
     "CHUNK",
     "RECORD_DELAY",
+    "Claimer",
     "JournaledMap",
     "KeyFunction",
     "MissingKey",
@@ -90,6 +91,9 @@ __all__ = [
     "map_fingerprint",
     "open_journal",
     "open_map_journal",
+    "pipeline_fingerprint",
+    "recorded",
+    "refuse_flat",
     "run_journaled",
     "status_report",
     "text_key",
@@ -174,7 +178,7 @@ def journal_options(command: _F) -> _F:
 
 def open_journal(
     journal: str | os.PathLike[str],
-    output: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None,
     fingerprint: str,
     *,
     output_format: str | None = None,
@@ -187,25 +191,34 @@ def open_journal(
 
     The output's format comes from ``output_format`` or from the extension of ``output``
     (``.jsonl``, ``.csv``, ``.sqlite``/``.db``, ``.parquet``); failures go to
-    ``OUTPUT.failures.jsonl``. Raises a :class:`~spindle.SpindleError` saying what to do
-    when the journal belongs to another command, is damaged, is in use, or a path cannot
-    be written.
+    ``OUTPUT.failures.jsonl``. Without ``output`` the journal keeps only the items'
+    states (the Python API's callers take the results themselves). Raises a
+    :class:`~spindle.SpindleError` saying what to do when the journal belongs to another
+    command, is damaged, is in use, or a path cannot be written.
     """
-    if os.fspath(output) == "-":
-        raise ConfigError(
-            "a journaled run needs an output file, not -: a resumed run cuts the output "
-            "back to its last commit, which standard output cannot do"
-        )
     journal_path = Path(journal).absolute()
-    output_path = Path(output).absolute()
-    failures_path = output_path.with_name(output_path.name + ".failures.jsonl")
-    if journal_path in (output_path, failures_path):
-        raise ConfigError(f"the journal {journal_path} cannot also be the output")
     if journal_path.is_dir():
         raise ConfigError(
             f"the journal {journal_path} is a directory; give a file path, such as "
             f"{journal_path / 'journal.db'}"
         )
+    if output is None:
+        return SqliteJournal(
+            journal_path,
+            fingerprint,
+            force=force,
+            retry_failed=retry_failed,
+            commit_interval=commit_interval,
+        )
+    if os.fspath(output) == "-":
+        raise ConfigError(
+            "a journaled run needs an output file, not -: a resumed run cuts the output "
+            "back to its last commit, which standard output cannot do"
+        )
+    output_path = Path(output).absolute()
+    failures_path = output_path.with_name(output_path.name + ".failures.jsonl")
+    if journal_path in (output_path, failures_path):
+        raise ConfigError(f"the journal {journal_path} cannot also be the output")
     fmt = format_for(output_path, output_format)
     if not journal_path.exists():
         # Before the journal file is created: a run that cannot write its output should
@@ -232,7 +245,12 @@ def open_journal(
     )
 
 
-def _refuse_flat(pipeline: Pipeline) -> None:
+def pipeline_fingerprint(pipeline: Pipeline) -> str:
+    """What a journal of a Python run is made for, by default: its stages."""
+    return "pipeline " + " -> ".join(f"{s.name}({s.kind})" for s in pipeline.stages)
+
+
+def refuse_flat(pipeline: Pipeline) -> None:
     flat = [s.name for s in pipeline.stages if s.flat]
     if flat:
         raise ConfigError(
@@ -310,7 +328,7 @@ def _same_failure(failure: Failure, item: Any) -> Failure:
 MAP_SHAPE = RecordShape(_map_record, _same_failure)
 
 
-class _Claimer:
+class Claimer:
     """The source side: keys each input and claims it in the journal, chunk by chunk.
 
     ``fallback`` keys the inputs ``key`` fails on (they fail, and are recorded under it);
@@ -381,7 +399,7 @@ class _Claimer:
 
 
 class _SlowPath(Exception):
-    """A batch needs keying one input at a time (see :meth:`_Claimer.claimed`)."""
+    """A batch needs keying one input at a time (see :meth:`Claimer.claimed`)."""
 
 
 def _record_results(
@@ -394,6 +412,29 @@ def _record_results(
 ) -> None:
     """The caller's side: record each ``(input, result)`` under its key, in batches of
     ``batch``, or sooner when results come slowly (:data:`RECORD_DELAY`)."""
+    for _ in recorded(results, journal, keys, outcome, batch, shape, hand_out=False):
+        pass
+
+
+def recorded(
+    results: Results,
+    journal: Journal,
+    keys: dict[int, Key],
+    outcome: RunOutcome,
+    batch: int,
+    shape: RecordShape = MAP_SHAPE,
+    *,
+    hand_out: bool = True,
+) -> Generator[list[tuple[Any, Any]], None, None]:
+    """Record each ``(input, result)`` of ``results`` under its key.
+
+    With ``hand_out``, each chunk is first yielded, and recorded only when the caller
+    asks for the next one: a caller that stops or fails while handling a chunk leaves
+    its items unrecorded, so a resumed run gives them again (at least once). Records go
+    to the journal in batches of ``batch``, or sooner when results come slowly
+    (:data:`RECORD_DELAY`); when the generator is closed, what it holds is recorded
+    before it returns.
+    """
     pop = keys.pop
     first, second = itemgetter(0), itemgetter(1)
     as_record, as_failure = shape.result, shape.failure
@@ -406,6 +447,8 @@ def _record_results(
     due = clock() + RECORD_DELAY
     try:
         for chunk in results.chunks():
+            if hand_out:
+                yield chunk
             inputs = list(map(first, chunk))
             values = list(map(second, chunk))
             chunk_keys = list(map(pop, map(id, inputs)))
@@ -468,7 +511,7 @@ def _drive(
     Returns the outcome and the (finished) results, whose snapshot the caller may show.
     A ``SpindleError`` that stops the run is kept in ``outcome.error``.
     """
-    claimer = _Claimer(journal, key, fallback, batch)
+    claimer = Claimer(journal, key, fallback, batch)
     outcome = RunOutcome()
     results = pipeline.run(
         ChunkedSource(claimer.claimed(items)), with_inputs=True, total=total, services=services
@@ -536,9 +579,9 @@ def run_journaled(
     Raises the errors of :func:`open_journal` before anything runs, and a
     ``SpindleError`` that stops the run (a write error) after the journal is closed.
     """
-    _refuse_flat(pipeline)
+    refuse_flat(pipeline)
     if fingerprint is None:
-        fingerprint = "pipeline " + " -> ".join(f"{s.name}({s.kind})" for s in pipeline.stages)
+        fingerprint = pipeline_fingerprint(pipeline)
     opened = open_journal(
         journal,
         output,

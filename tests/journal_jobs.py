@@ -6,8 +6,9 @@ across runs and processes (``O_APPEND`` writes of one short line do not interlea
 
     python journal_jobs.py INPUT OUTPUT JOURNAL
 
-runs ``Pipeline([spindle.io(parse), spindle.cpu(square)])`` over the lines of INPUT through
-the same glue as ``spindle map --journal``; the crash test kills it and runs it again.
+runs ``Pipeline([spindle.io(parse), spindle.cpu(square)]).run(lines, journal=JOURNAL,
+output=OUTPUT)`` over the lines of INPUT, taking every result as a caller of the Python
+API would; the crash test kills it and runs it again.
 """
 
 from __future__ import annotations
@@ -99,7 +100,6 @@ async def parse(line: str) -> int:
 
 def main(argv: list[str]) -> None:
     import spindle
-    from spindle._journaled import run_journaled
     from spindle._records import read_items
 
     input_path, output, journal = argv
@@ -109,17 +109,13 @@ def main(argv: list[str]) -> None:
         on_error="yield",
     )
     items = read_items(input_path, "text")
-    try:
-        outcome = run_journaled(
-            pipeline,
-            items,
-            output=output,
-            journal=journal,
-            fingerprint=f"io-crash {os.path.abspath(input_path)}",
-        )
+    try:  # the Python API's resumable run: the caller takes the results as well
+        results = pipeline.run(items, journal=journal, output=output)
+        taken = sum(1 for _ in results)
     finally:
         items.close()
-    print(f"done {outcome.done} failed {outcome.failed}", flush=True)
+    outcome = results.outcome  # type: ignore[attr-defined]
+    print(f"took {taken}, done {outcome.done} failed {outcome.failed}", flush=True)
 
 
 if __name__ == "__main__":

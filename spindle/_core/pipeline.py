@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import threading
 import time
 from collections.abc import (
@@ -102,6 +103,11 @@ class Pipeline:
         with_inputs: bool = False,
         total: int | None = None,
         services: Sequence[Service] = (),
+        journal: str | os.PathLike[str] | None = None,
+        key: Callable[[Any], Any] | str | None = None,
+        output: str | os.PathLike[str] | None = None,
+        retry_failed: bool = False,
+        force: bool = False,
     ) -> Results:
         """Run over ``items``; a lazy iterator of results (``(input, result)`` pairs
         with ``with_inputs``). Nothing starts until the first result is asked for.
@@ -110,7 +116,39 @@ class Pipeline:
         callables that take the run's ``snapshot`` function and return an async
         context manager, entered on the run's event loop for the whole run (a live
         display, a metrics endpoint, a dashboard: see :mod:`spindle.observe`).
+
+        ``journal`` (a file path) makes the run resumable: the same call made again
+        skips the items done before and runs the rest. Each item's key is a digest of
+        its value, or ``key(item)``, or the field ``key`` of dict items; an item whose
+        key came earlier in ``items`` runs once. A result counts as done once the
+        caller has asked for the next one, so a result the caller did not get to handle
+        comes again in the next run (at least once). ``output`` keeps the results in a
+        file (``.jsonl``, ``.csv``, ``.sqlite``, ``.parquet``) that matches the journal
+        after any crash, one record per input. ``retry_failed`` runs the items that
+        failed before again; ``force`` forgets the journal's items and starts over.
+        See :mod:`spindle._resumable`.
         """
+        if journal is not None or key is not None or output is not None or retry_failed or force:
+            from .._resumable import JournaledResults, check_journal_arguments
+
+            check_journal_arguments(
+                journal, key=key, output=output, retry_failed=retry_failed, force=force
+            )
+            assert journal is not None
+            journaled = JournaledResults(
+                self,
+                items,
+                journal=journal,
+                key=key,
+                output=output,
+                retry_failed=retry_failed,
+                force=force,
+                with_inputs=with_inputs,
+                total=total,
+                services=services,
+            )
+            self._last = journaled._ex
+            return journaled
         ex = _Execution(self, items, with_inputs, total, services)
         self._last = ex
         return Results(ex)

@@ -27,6 +27,9 @@ except ImportError:  # Windows: no flock; SQLite's own locking still guards the 
 from ._errors import JournalError, JournalLocked
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: Lock files this process holds: a refusal can then say the holder is this process
+#: (an earlier run's results not closed), not another run.
+_HELD: set[Path] = set()
 
 
 def lock_path(journal: Path) -> Path:
@@ -58,6 +61,12 @@ class JournalLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
                 os.close(fd)
+                if self.path in _HELD:
+                    raise JournalLocked(
+                        f"journal {self.journal} is still open in this process, by an "
+                        "earlier run whose results were not closed: call close() on them "
+                        "(or iterate them in a with block) before running again"
+                    ) from exc
                 raise JournalLocked(
                     f"journal {self.journal} is in use by another spindle run; wait for it "
                     "to finish, or stop it, before running again"
@@ -71,6 +80,7 @@ class JournalLock:
                 same = False
             if same:
                 self._fd = fd
+                _HELD.add(self.path)
                 return
             os.close(fd)  # removed by the run that just released it: lock the new one
 
@@ -78,6 +88,7 @@ class JournalLock:
         """Remove the lock file and unlock. Idempotent."""
         fd, self._fd = self._fd, None
         if fd is not None:
+            _HELD.discard(self.path)
             with contextlib.suppress(OSError):
                 os.unlink(self.path)  # while still holding the lock: see acquire()
             os.close(fd)
