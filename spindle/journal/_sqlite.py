@@ -729,7 +729,9 @@ class SqliteJournal(Journal):
     def _decide(self, keys: Sequence[Key], *, claim: bool) -> list[bool]:
         inflight = self._inflight
         n = len(keys)
-        maybe = self._filter.maybe(keys)
+        # Claiming puts every key in the filter at once (one pass over it): a key that is
+        # then not claimed (done before, or a repeat) is one the run has seen anyway.
+        maybe = self._filter.maybe_add(keys) if claim else self._filter.maybe(keys)
         if not maybe and not self._resumed:
             # The usual case, checked in C: new to this run and to the journal (none is in
             # flight), and to the batch if the set of keys in flight grows by all of them.
@@ -737,7 +739,6 @@ class SqliteJournal(Journal):
             inflight.update(keys)
             if len(inflight) - before == n:
                 if claim:
-                    self._filter.add(keys)
                     self._stats.started += n
                 else:
                     inflight.difference_update(keys)
@@ -784,7 +785,6 @@ class SqliteJournal(Journal):
                 result[i] = True
         if claim:
             go = list(compress(keys, result))
-            self._filter.add(go)
             inflight.update(go)
             stats = self._stats
             stats.started += len(go)

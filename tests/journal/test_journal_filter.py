@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import struct
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,35 @@ def test_every_added_key_may_be_present_as_the_filter_grows() -> None:
     added += [f"text key {i}" for i in range(100)]
     assert f.maybe(added) == list(range(len(added)))
     new = digests(100_000, 110_000)
-    assert len(f.maybe(new)) < 50  # 1 in 10,000 per filter by default, a few filters
+    assert f.maybe(new) == []  # digests: 64 bits each; two alike is a 1 in 10**11 chance
+    assert f.maybe([*new[:10], "new text"]) == []
+    assert f.maybe([*new[:10], "text key 3", added[4]]) == [10, 11]
+
+
+def fixed_home(i: int, home: int = 0x5A) -> bytes:
+    """A digest whose fingerprint has the high byte ``home``: all share a bucket."""
+    return struct.pack("<Q", (home << 56) | (i << 1)) + bytes(8)
+
+
+def test_a_full_bucket_overflows_into_the_next_and_keys_are_still_found() -> None:
+    f = KeyFilter(first_capacity=1000)
+    crowd = [fixed_home(i) for i in range(40)]  # five buckets' worth in one home
+    neighbours = [fixed_home(i, home=0x5B) for i in range(40)]
+    assert f.maybe_add(crowd[:20]) == []
+    assert f.maybe_add([*crowd[10:30], *neighbours[:5]]) == list(range(10))
+    assert f.maybe_add(crowd[30:] + neighbours) == list(range(10, 15))
+    assert f.maybe(crowd + neighbours) == list(range(80))
+    assert f.maybe([fixed_home(i) for i in range(40, 60)]) == []
+
+
+def test_maybe_add_reports_keys_seen_before_as_the_table_doubles() -> None:
+    f = KeyFilter(first_capacity=100)
+    keys = digests(0, 20_000)
+    for start in range(0, 20_000, 1000):
+        chunk = keys[start : start + 1000]
+        again = keys[start - 50 : start] if start else []
+        assert f.maybe_add(chunk + again) == list(range(1000, 1000 + len(again)))
+    assert f.maybe(keys) == list(range(20_000))
 
 
 def test_a_duplicate_of_a_key_committed_earlier_in_the_run_is_caught(tmp_path: Path) -> None:
@@ -58,7 +87,7 @@ def test_false_positives_of_the_filter_cost_a_scan_not_an_index(
 ) -> None:
     from spindle.journal import Record
 
-    monkeypatch.setattr(KeyFilter, "maybe", lambda self, keys: list(range(len(keys))))
+    always_maybe(monkeypatch)
     db = tmp_path / "j.db"
     keys: list[bytes | str] = [*digests(0, 2000), "text", "keys"]
     with SqliteJournal(db, "fp", commit_interval=0) as j:
@@ -69,6 +98,12 @@ def test_false_positives_of_the_filter_cost_a_scan_not_an_index(
         assert log_rows(db) == 21  # never merged: every "maybe" was found new by a scan
         assert j.mark_started(["keys", keys[5]]) == [False, False]  # repeats, found by scans
     assert item_states(db) == dict.fromkeys(keys, "done")
+
+
+def always_maybe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filter that rules nothing out, when looking and when claiming."""
+    monkeypatch.setattr(KeyFilter, "maybe", lambda self, keys: list(range(len(keys))))
+    monkeypatch.setattr(KeyFilter, "maybe_add", lambda self, keys: list(range(len(keys))))
 
 
 def log_rows(path: Path) -> int:
@@ -86,7 +121,7 @@ def test_a_filter_that_cannot_rule_anything_out_loses_no_item(
     new keys (run them) from keys this run has claimed, recorded or committed."""
     from spindle.journal import Record
 
-    monkeypatch.setattr(KeyFilter, "maybe", lambda self, keys: list(range(len(keys))))
+    always_maybe(monkeypatch)
     keys = digests(0, 3000)
     ran: list[bytes] = []
     with SqliteJournal(tmp_path / "j.db", "fp", commit_interval=0, commit_items=500) as j:
