@@ -47,10 +47,11 @@ import os
 import signal
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import compress, islice, starmap
-from operator import itemgetter
+from operator import is_, itemgetter
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -337,15 +338,58 @@ class Claimer:
     """
 
     def __init__(
-        self, journal: Journal, key: KeyFunction, fallback: KeyFunction, chunk: int = CHUNK
+        self,
+        journal: Journal,
+        key: KeyFunction,
+        fallback: KeyFunction,
+        chunk: int = CHUNK,
+        *,
+        ordered: bool = False,
     ) -> None:
         self.journal = journal
         self.key = key
         self.fallback = fallback
         self.chunk = chunk
+        self.ordered = ordered
         self.raw_key = keys_for(journal.key_scheme).value  # of inputs the reader could not parse
-        #: id(input) -> key, for the items in flight (filled here, emptied by the caller).
+        #: id(input) -> key, for the items in flight (filled here, emptied by the caller)
+        #: when results come in any order.
         self.keys: dict[int, Key] = {}
+        #: The chunks claimed, as (inputs, keys), when results come in input order: the
+        #: caller takes keys from the front (:meth:`keys_of`), with no lookup per item.
+        self.claims: deque[tuple[list[Any], list[Key]]] = deque()
+        self._front = 0  # items of ``claims[0]`` already taken
+
+    def keys_of(self, inputs: list[Any]) -> list[Key]:
+        """The keys of ``inputs``, results that came back (in claim order if ordered)."""
+        if not self.ordered:
+            return list(map(self.keys.pop, map(id, inputs)))
+        found: list[Key] = []
+        claims, at, n = self.claims, 0, len(inputs)
+        while at < n:
+            if not claims:
+                raise RuntimeError(  # the pipeline broke its order: a bug, not bad input
+                    f"spindle: a result came back for an input never claimed: {inputs[at]!r:.80}"
+                )
+            tags, keys = claims[0]
+            start = self._front
+            stop = min(len(tags), start + n - at)
+            if all(map(is_, tags[start:stop], inputs[at : at + stop - start])):
+                found += keys[start:stop]
+                at += stop - start
+            else:  # items dropped unstarted by a stop came in between: they stay claimed
+                while start < len(tags) and tags[start] is not inputs[at]:
+                    start += 1
+                if start < len(tags):
+                    found.append(keys[start])
+                    at += 1
+                    start += 1
+                stop = start
+            self._front = stop
+            if stop == len(tags):
+                claims.popleft()
+                self._front = 0
+        return found
 
     def claimed(self, items: Iterable[Any]) -> Iterator[list[Any]]:
         """The items to run, a chunk at a time: read, keyed, claimed; done ones and
@@ -371,12 +415,18 @@ class Claimer:
             except Exception:
                 batch_keys, tags = self._keys_one_by_one(batch)
             run = mark_started(batch_keys)
-            if all(run):
+            if not all(run):
+                same = tags is batch
+                batch = list(compress(batch, run))
+                tags = batch if same else list(compress(tags, run))
+                batch_keys = list(compress(batch_keys, run))
+                if not batch:
+                    continue
+            if self.ordered:
+                self.claims.append((tags, batch_keys))
+            else:
                 keys.update(zip(map(id, tags), batch_keys, strict=True))
-                yield batch
-                continue
-            keys.update(zip(map(id, compress(tags, run)), compress(batch_keys, run), strict=True))
-            yield list(compress(batch, run))
+            yield batch
 
     def _keys_one_by_one(self, batch: list[Any]) -> tuple[list[Key], list[Any]]:
         """Keys of a batch that holds malformed inputs or inputs the key function fails
@@ -405,7 +455,7 @@ class _SlowPath(Exception):
 def _record_results(
     results: Results,
     journal: Journal,
-    keys: dict[int, Key],
+    keys: Callable[[list[Any]], list[Key]],
     outcome: RunOutcome,
     batch: int,
     shape: RecordShape = MAP_SHAPE,
@@ -419,7 +469,7 @@ def _record_results(
 def recorded(
     results: Results,
     journal: Journal,
-    keys: dict[int, Key],
+    keys: Callable[[list[Any]], list[Key]],
     outcome: RunOutcome,
     batch: int,
     shape: RecordShape = MAP_SHAPE,
@@ -435,7 +485,6 @@ def recorded(
     (:data:`RECORD_DELAY`); when the generator is closed, what it holds is recorded
     before it returns.
     """
-    pop = keys.pop
     first, second = itemgetter(0), itemgetter(1)
     as_record, as_failure = shape.result, shape.failure
     record = journal.record
@@ -451,7 +500,7 @@ def recorded(
                 yield chunk
             inputs = list(map(first, chunk))
             values = list(map(second, chunk))
-            chunk_keys = list(map(pop, map(id, inputs)))
+            chunk_keys = keys(inputs)
             if Failure not in map(type, values):  # the usual chunk: all done
                 done_keys += chunk_keys
                 done_payloads += starmap(as_record, chunk)
@@ -511,7 +560,7 @@ def _drive(
     Returns the outcome and the (finished) results, whose snapshot the caller may show.
     A ``SpindleError`` that stops the run is kept in ``outcome.error``.
     """
-    claimer = Claimer(journal, key, fallback, batch)
+    claimer = Claimer(journal, key, fallback, batch, ordered=pipeline.ordered)
     outcome = RunOutcome()
     results = pipeline.run(
         ChunkedSource(claimer.claimed(items)), with_inputs=True, total=total, services=services
@@ -525,7 +574,7 @@ def _drive(
     try:
         try:
             with guard if guard is not None else contextlib.nullcontext():
-                _record_results(results, journal, claimer.keys, outcome, batch, shape)
+                _record_results(results, journal, claimer.keys_of, outcome, batch, shape)
         except KeyboardInterrupt:
             if signals is None:
                 raise

@@ -117,7 +117,7 @@ class JournaledResults(Results):
         try:
             keys = keys_for(opened.key_scheme)  # the journal's, if it was made before
             key_fn: KeyFunction = field_key(key) if isinstance(key, str) else (key or keys.value)
-            claimer = Claimer(opened, key_fn, keys.value)
+            claimer = Claimer(opened, key_fn, keys.value, ordered=pipeline.ordered)
             inner = Pipeline(
                 pipeline.stages, ordered=pipeline.ordered, on_error="yield", buffer=pipeline.buffer
             )
@@ -135,7 +135,7 @@ class JournaledResults(Results):
         self.outcome = RunOutcome()
         self._inner = results
         self._ex = results._ex
-        chunks = recorded(results, opened, claimer.keys, self.outcome, CHUNK)
+        chunks = recorded(results, opened, claimer.keys_of, self.outcome, CHUNK)
         self._gen = _hand_out(
             chunks,
             results,

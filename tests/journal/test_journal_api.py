@@ -254,3 +254,19 @@ def test_ctrl_c_closes_the_journal_and_the_same_call_finishes(tmp_path: Path) ->
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert sorted(r["input"] for r in records) == list(range(1000))
     assert states(tmp_path / "j.db") == {"done": 1000}
+
+
+def test_keys_of_ordered_results_are_taken_in_claim_order_past_dropped_items() -> None:
+    from spindle._journaled import Claimer
+    from spindle.journal import MemoryJournal
+
+    items = [f"item {i}" for i in range(7)]
+    claimer = Claimer(MemoryJournal(), str.upper, str.upper, chunk=3, ordered=True)
+    chunks = list(claimer.claimed(items))
+    assert chunks == [items[0:3], items[3:6], items[6:]]
+    assert claimer.keys_of(items[0:2]) == ["ITEM 0", "ITEM 1"]
+    # Item 2 and item 4 were dropped unstarted by a stop: they stay claimed, unrecorded.
+    assert claimer.keys_of([items[3], items[5], items[6]]) == ["ITEM 3", "ITEM 5", "ITEM 6"]
+    assert not claimer.claims
+    with pytest.raises(RuntimeError, match="never claimed"):
+        claimer.keys_of(["stranger"])
