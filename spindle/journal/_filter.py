@@ -32,10 +32,12 @@ import numpy as np
 import numpy.typing as npt
 from rbloom import Bloom
 
+from ._log import digest_blob
+
 __all__ = ["KeyFilter"]
 
 _FALSE_POSITIVES = 1e-4
-_DIGEST = 16
+_DIGEST = 16  # bytes of a default key
 #: The table is rebuilt twice as large beyond this share of its slots in use.
 _MAX_LOAD = 0.75
 #: Slots per bucket: 8 fingerprints of 8 bytes, one 64-byte cache line.
@@ -47,12 +49,10 @@ _Flags = npt.NDArray[np.bool_]
 
 def _fingerprints(keys: Sequence[Hashable]) -> _U64 | None:
     """The first 8 bytes of each key, with the lowest bit set (0 marks an empty slot);
-    None unless every key is a 16-byte digest."""
-    try:
-        blob = b"".join(keys)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-    if len(blob) != _DIGEST * len(keys):
+    None unless every key is a 16-byte digest (each one checked: bytes keys of other
+    lengths could add up to the same blob, and then no fingerprint would be its key's)."""
+    blob = digest_blob(keys)  # type: ignore[arg-type]
+    if blob is None:
         return None
     fps: _U64 = np.frombuffer(blob, dtype="<u8")[::2] | np.uint64(1)
     return fps

@@ -136,3 +136,12 @@ def test_a_filter_that_cannot_rule_anything_out_loses_no_item(
     assert sorted(ran) == sorted(keys)  # each key ran once: no repeat, none left out
     states = item_states(tmp_path / "j.db")
     assert states == dict.fromkeys(keys, "done")
+
+
+def test_bytes_keys_of_other_lengths_never_share_a_fingerprint_by_accident() -> None:
+    """15 + 17 bytes make a 32-byte blob too: such keys must not be cut as digests."""
+    f = KeyFilter(first_capacity=100)
+    odd = [b"a" * 15, b"b" * 17]
+    assert f.maybe_add(odd) == []
+    assert f.maybe([b"b" * 17, b"a" * 15]) == [0, 1]
+    assert f.maybe([b"a" * 16, b"b" * 16]) == []  # digests: looked up in the table
