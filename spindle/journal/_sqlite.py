@@ -977,6 +977,9 @@ class SqliteJournal(Journal):
                 raise
 
     def _maybe_commit(self) -> None:
+        job = self._job
+        if job is not None and job.error is not None:  # the commit thread failed: stop now
+            self._settle()
         queued = self._queued
         if queued >= self.commit_items or time.monotonic() >= self._next_commit:
             if not self._commit_running():

@@ -190,8 +190,10 @@ class JsonlOutput(AppendFileOutput[bytes]):
         self._default = default
 
     def encode(self, record: Any) -> bytes:
+        """The record's line, newline included: the lines of a batch are then written
+        with one join, not a join and a copy to end it."""
         try:
-            return orjson.dumps(record, default=self._default, option=JSON_OPTIONS)
+            return orjson.dumps(record, default=self._default, option=_LINE)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
             raise UnwritableRecord(
                 f"a result of type {type(record).__name__} cannot be written as JSON: {exc}"
@@ -200,12 +202,15 @@ class JsonlOutput(AppendFileOutput[bytes]):
     def encode_many(self, records: Sequence[Any]) -> list[bytes]:
         dumps, default = orjson.dumps, self._default
         try:
-            return [dumps(r, default=default, option=JSON_OPTIONS) for r in records]
+            return [dumps(r, default=default, option=_LINE) for r in records]
         except TypeError:  # say which one, and why
             return list(map(self.encode, records))
 
     def _join(self, rows: Sequence[bytes]) -> bytes:
-        return b"\n".join(rows) + b"\n"
+        return b"".join(rows)
+
+
+_LINE = JSON_OPTIONS | orjson.OPT_APPEND_NEWLINE
 
 
 def _lenient(value: Any) -> str:
@@ -228,7 +233,7 @@ class FailuresOutput(JsonlOutput):
         try:
             return super().encode(record)
         except UnwritableRecord:  # for example an int beyond 64 bits, which default cannot fix
-            return orjson.dumps({"record": short_repr(record)})
+            return orjson.dumps({"record": short_repr(record)}, option=_LINE)
 
 
 def _cell(value: Any) -> Any:
