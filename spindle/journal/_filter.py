@@ -6,15 +6,17 @@ memory, or an index of them on disk that costs more to keep than a tiny job. Thi
 filter answers "certainly not seen" for nearly every new key, with no Python code per
 key; only the keys it cannot rule out get the exact check.
 
-Default keys (16-byte digests) go into a hash table of their first 8 bytes, in numpy,
-looked up and filled a whole chunk of keys at a time. The table is cut into buckets of
-8 slots, one 64-byte cache line each; a key's home bucket comes from its high bits, and
-a full bucket overflows into the next (about one key in seven at three quarters full).
-A key costs about one cache miss; the Bloom filter used before cost 23 at the same
-error rate, one per bit, and so most of the journal's time in a run of tiny jobs. A
-false positive needs two keys of one run with the same 64 bits: for ten million keys,
-about one chance in 400,000. The table is at most three quarters full and doubles
-beyond (8 bytes a slot: 11 to 21 bytes a key, 134 MB for ten million keys).
+Default keys (16-byte digests) go into hash tables, in numpy, looked up and filled a
+whole chunk of keys at a time. A table is cut into buckets of 16 slots of 32 bits, one
+64-byte cache line each: a key's home bucket comes from the high bits of its first 8
+bytes and its slot holds their low 32 bits; a full bucket overflows into the next.
+A key costs about one cache miss per table; the Bloom filter used before cost 23 at
+the same error rate, one per bit set, and was most of the journal's time in a run of
+tiny jobs. Two keys look alike only if both parts match: a lookup compares about 12
+slots of 32 bits, so about three false positives per billion lookups and table, each
+costing an exact check. A table is full at three
+quarters of its slots; then one twice its size is added beside it (no rebuild, so no
+peak of two copies): about 6 bytes a key, 59 MB for ten million keys in three tables.
 
 Other keys (``--key FIELD`` text) go into Bloom filters (rbloom, 1 in 10,000,000 false
 positives, 4.2 bytes a key); a full one gets a twice larger one beside it. Bit
@@ -38,12 +40,13 @@ __all__ = ["KeyFilter"]
 
 _FALSE_POSITIVES = 1e-4
 _DIGEST = 16  # bytes of a default key
-#: The table is rebuilt twice as large beyond this share of its slots in use.
+#: A table is full at this share of its slots in use.
 _MAX_LOAD = 0.75
-#: Slots per bucket: 8 fingerprints of 8 bytes, one 64-byte cache line.
-_WAYS = 8
+#: Slots per bucket: 16 fingerprints of 4 bytes, one 64-byte cache line.
+_WAYS = 16
 
 _U64 = npt.NDArray[np.uint64]
+_U32 = npt.NDArray[np.uint32]
 _Flags = npt.NDArray[np.bool_]
 
 
@@ -58,75 +61,73 @@ def _fingerprints(keys: Sequence[Hashable]) -> _U64 | None:
     return fps
 
 
-# A row of 8 booleans is 8 bytes: read as one integer, it is non-zero when any is true,
-# and multiplying by 0x0101...01 adds its bytes up into the top byte. Reductions along
-# an axis of 8 cost numpy about ten times more.
+# A row of 16 booleans is 16 bytes: read as two integers, it has a true one when either
+# is non-zero, and multiplying each by 0x0101...01 adds its bytes up into the top byte.
+# Reductions along an axis of 16 cost numpy about ten times more.
 _BYTES = np.uint64(0x0101010101010101)
 _TOP = np.uint64(56)
+_LOW = np.uint64(0xFFFFFFFF)
 
 
 def _any_per_row(flags: _Flags) -> _Flags:
-    anywhere: _Flags = flags.view(np.uint64).ravel() != 0
+    halves = flags.view(np.uint64)
+    anywhere: _Flags = (halves[:, 0] | halves[:, 1]) != 0
     return anywhere
 
 
 def _count_per_row(flags: _Flags) -> _U64:
-    counts: _U64 = (flags.view(np.uint64).ravel() * _BYTES) >> _TOP
-    return counts
+    counts = (flags.view(np.uint64) * _BYTES) >> _TOP
+    total: _U64 = counts[:, 0] + counts[:, 1]
+    return total
 
 
-class _DigestTable:
-    """A set of 64-bit fingerprints in buckets of one cache line (8 slots), probed for
-    a whole chunk of keys at once: a key's home bucket comes from its high bits; a full
-    bucket overflows into the next one (linear probing by bucket), which at three
-    quarters full concerns about one key in seven."""
+class _Table:
+    """One fixed-size table: ``2**bits`` buckets of 16 slots of 32 bits, one 64-byte
+    cache line each. A fingerprint's home bucket comes from its high bits and the slot
+    holds its low 32 bits, so two keys look alike only if both parts match; a full
+    bucket overflows into the next one (linear probing by bucket)."""
 
     def __init__(self, bits: int) -> None:
-        self._empty(bits)
+        self.rows = np.zeros((1 << bits, _WAYS), dtype=np.uint32)
+        self.shift = np.uint64(64 - bits)
+        self.mask = np.uint64((1 << bits) - 1)
+        self.capacity = int(_MAX_LOAD * _WAYS * (1 << bits))
+        self.size = 0  # may count a key twice in one chunk as two: it only fills sooner
 
-    def _empty(self, bits: int) -> None:
-        self._bits = bits  # 2**bits buckets
-        self._rows = np.zeros((1 << bits, _WAYS), dtype=np.uint64)
-        self._mask = np.uint64((1 << bits) - 1)
-        self._shift = np.uint64(64 - bits)
-        self.size = 0  # may count a key twice in one chunk as two: it only grows sooner
-
-    @property
-    def slots(self) -> int:
-        return self._rows.size
+    def _split(self, fps: _U64) -> tuple[_U64, _U32]:
+        values: _U32 = (fps & _LOW).astype(np.uint32)  # odd: never 0, the empty slot
+        return fps >> self.shift, values
 
     def contains(self, fps: _U64) -> _Flags:
         """A boolean per fingerprint: in the table."""
         found = np.zeros(len(fps), dtype=bool)
-        buckets = fps >> self._shift
+        buckets, values = self._split(fps)
         which = np.arange(len(fps))
         while True:
-            rows = self._rows[buckets]
-            hit = _any_per_row(rows == fps[:, None])
+            rows = self.rows[buckets]
+            hit = _any_per_row(rows == values[:, None])
             found[which[hit]] = True
             going = ~hit & rows[:, -1].astype(bool)  # a full bucket: look in the next
             if not going.any():
                 return found
-            which, fps = which[going], fps[going]
-            buckets = (buckets[going] + np.uint64(1)) & self._mask
+            which, values = which[going], values[going]
+            buckets = (buckets[going] + np.uint64(1)) & self.mask
 
     def add(self, fps: _U64) -> _Flags:
         """Put ``fps`` in; a boolean per fingerprint: it was there already (or came
         earlier in ``fps``)."""
-        if self.size + len(fps) > _MAX_LOAD * self.slots:
-            self._grow(self.size + len(fps))
-        table = self._rows
+        table = self.rows
         found = np.zeros(len(fps), dtype=bool)
+        buckets, values = self._split(fps)
         which = np.arange(len(fps))
-        buckets = fps >> self._shift
-        while len(fps):
+        while len(values):
             rows = table[buckets]
-            there = _any_per_row(rows == fps[:, None])
+            there = _any_per_row(rows == values[:, None])
             found[which[there]] = True
             # Slots fill from the left, so the first free one is the count of taken ones.
             taken = _count_per_row(rows != 0)
             room = (taken < _WAYS) & ~there
-            at, mine, col = buckets[room], fps[room], taken[room]
+            at, mine, col = buckets[room], values[room], taken[room]
             table[at, col] = mine
             won = table[at, col] == mine  # two keys wrote one slot: one stands
             self.size += int(np.count_nonzero(won))
@@ -134,21 +135,52 @@ class _DigestTable:
             settled[np.flatnonzero(room)[won]] = True
             full = ~room & ~there
             going = ~settled
-            which, fps = which[going], fps[going]
-            buckets = np.where(full, (buckets + np.uint64(1)) & self._mask, buckets)[going]
+            which, values = which[going], values[going]
+            buckets = np.where(full, (buckets + np.uint64(1)) & self.mask, buckets)[going]
         return found
 
-    def _grow(self, needed: int) -> None:
-        old = self._rows[self._rows != 0]
-        bits = self._bits
-        while needed > _MAX_LOAD * _WAYS * (1 << bits):
-            bits += 1
-        self._empty(bits)
-        # Strided slices, not runs: the old table is in bucket order, and a run of it
-        # would crowd a few new buckets and take a round per key of each.
-        parts = -(-len(old) // (1 << 16))
-        for part in range(parts):
-            self.add(old[part::parts])
+
+class _Tables:
+    """The fingerprints of a run's digests: tables never rebuilt; when the newest is
+    three quarters full, one twice its size is added, and a lookup checks them all."""
+
+    def __init__(self, first_capacity: int) -> None:
+        self._tables = [_Table(_bits_for(first_capacity))]
+        self.size = 0
+
+    def contains(self, fps: _U64) -> _Flags:
+        found = self._tables[0].contains(fps)
+        for table in self._tables[1:]:
+            found |= table.contains(fps)
+        return found
+
+    def add(self, fps: _U64) -> _Flags:
+        """Put ``fps`` in; a boolean per fingerprint: it was there (or came earlier)."""
+        newest = self._tables[-1]
+        if newest.size + len(fps) > newest.capacity:
+            newest = _Table(_bits_for(max(2 * newest.capacity, len(fps))))
+            self._tables.append(newest)
+        if len(self._tables) == 1:
+            found = newest.add(fps)
+        else:
+            found = np.zeros(len(fps), dtype=bool)
+            for table in self._tables[:-1]:
+                found |= table.contains(fps)
+            new = ~found
+            found[new] = newest.add(fps[new])
+        self.size = sum(t.size for t in self._tables)
+        return found
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.rows.nbytes for t in self._tables)
+
+
+def _bits_for(capacity: int) -> int:
+    bits = 6
+    while _MAX_LOAD * _WAYS * (1 << bits) < capacity:
+        bits += 1
+    return bits
 
 
 class KeyFilter:
@@ -159,10 +191,7 @@ class KeyFilter:
     ) -> None:
         self._capacity = first_capacity
         self._rate = false_positives
-        bits = 7
-        while _MAX_LOAD * _WAYS * (1 << bits) < first_capacity:
-            bits += 1
-        self._table = _DigestTable(bits)
+        self._table = _Tables(first_capacity)
         self._filters: list[Bloom] = []
         self._room = 0
 

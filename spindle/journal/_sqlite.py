@@ -730,8 +730,10 @@ class SqliteJournal(Journal):
         inflight = self._inflight
         n = len(keys)
         # Claiming puts every key in the filter at once (one pass over it): a key that is
-        # then not claimed (done before, or a repeat) is one the run has seen anyway.
-        maybe = self._filter.maybe_add(keys) if claim else self._filter.maybe(keys)
+        # then not claimed is a repeat, one the run has seen anyway. Not when resuming:
+        # most keys are then skipped as done, and the filter holds only those that run.
+        add_all = claim and not self._resumed
+        maybe = self._filter.maybe_add(keys) if add_all else self._filter.maybe(keys)
         if not maybe and not self._resumed:
             # The usual case, checked in C: new to this run and to the journal (none is in
             # flight), and to the batch if the set of keys in flight grows by all of them.
@@ -785,6 +787,8 @@ class SqliteJournal(Journal):
                 result[i] = True
         if claim:
             go = list(compress(keys, result))
+            if not add_all:
+                self._filter.add(go)
             inflight.update(go)
             stats = self._stats
             stats.started += len(go)

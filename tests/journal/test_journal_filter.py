@@ -36,19 +36,21 @@ def test_every_added_key_may_be_present_as_the_filter_grows() -> None:
 
 
 def fixed_home(i: int, home: int = 0x5A) -> bytes:
-    """A digest whose fingerprint has the high byte ``home``: all share a bucket."""
+    """A digest whose fingerprint has the high byte ``home`` and low bits from ``i``:
+    those with the same ``home`` share a bucket (the filter's first table has 128)."""
     return struct.pack("<Q", (home << 56) | (i << 1)) + bytes(8)
 
 
 def test_a_full_bucket_overflows_into_the_next_and_keys_are_still_found() -> None:
     f = KeyFilter(first_capacity=1000)
-    crowd = [fixed_home(i) for i in range(40)]  # five buckets' worth in one home
-    neighbours = [fixed_home(i, home=0x5B) for i in range(40)]
+    crowd = [fixed_home(i) for i in range(40)]  # two and a half buckets' worth in one
+    neighbours = [fixed_home(1000 + i, home=0x5C) for i in range(40)]  # the next bucket
     assert f.maybe_add(crowd[:20]) == []
     assert f.maybe_add([*crowd[10:30], *neighbours[:5]]) == list(range(10))
     assert f.maybe_add(crowd[30:] + neighbours) == list(range(10, 15))
     assert f.maybe(crowd + neighbours) == list(range(80))
     assert f.maybe([fixed_home(i) for i in range(40, 60)]) == []
+    assert f.maybe([fixed_home(2000 + i, home=0x5C) for i in range(40)]) == []
 
 
 def test_maybe_add_reports_keys_seen_before_as_the_table_doubles() -> None:
