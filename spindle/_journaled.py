@@ -4,7 +4,7 @@
 nothing of each other: the input, the pipeline, and the journal with its outputs::
 
     input ──▶ claim (source thread) ──────────▶ pipeline ──▶ record (caller's thread)
-              │ key each item                                │ the item's key, by id(input)
+              │ key each item                                │ the item's key (see below)
               │ journal.mark_started(256 keys)               │ Record.done / Record.failed
               │ yield only the items claimed                 │ journal.record(256 records)
               ▼                                              ▼
@@ -18,12 +18,16 @@ off the caller's thread; results arrive in the caller's thread (``with_inputs=Tr
 gives the input back), which records them in batches. Journal calls are blocking and
 thread-safe, and neither thread is an event loop.
 
-How a result finds its key. The source thread computes each key once and files it under
-``id(input)`` in a dict; the caller pops it when the result for that very input object
-comes back (the pipeline hands the input object itself back, it never copies it). The
-dict holds only the items in flight, so it is bounded like the pipeline. Two live inputs
-with the same ``id`` are the same object, hence the same value and the same key, and the
-journal lets only one of them run.
+How a result finds its key. The source thread computes each key once. In an ordered
+run (the default) results come back in the order they were claimed, so the caller takes
+keys from the front of the claimed chunks, checking that each result's input is the
+very object claimed there (the pipeline hands the input object itself back, it never
+copies it); an item dropped unstarted by a stop is passed over and stays claimed. This
+costs nothing per item but a slice and an identity test. In an unordered run the key is
+filed under ``id(input)`` in a dict, and popped when that input's result comes back.
+Either holds only the items in flight, so it is bounded like the pipeline. Two live
+inputs with the same ``id`` are the same object, hence the same value and the same key,
+and the journal lets only one of them run.
 
 Keys. By default a 16-byte digest of the input, in the journal's scheme; ``--key FIELD``
 keys JSON objects by a field (see :mod:`spindle._keys`).

@@ -2,7 +2,7 @@
 
 Data flow of one item, and where a crash can land::
 
-    mark_started(keys)  Bloom filter of this run's keys (and, resuming, one SELECT per
+    mark_started(keys)  filter of this run's keys (and, resuming, one SELECT per
           |             chunk of keys): claim -> in memory (_inflight)
     record(batch)       encode payloads, os.write to the output       (not yet committed)
           |             ... more batches, until commit_interval or commit_items ...
@@ -34,8 +34,8 @@ may repeat one this run already committed (below). A run that is never resumed n
 pays for the index. Failures, and results that needed more than one attempt, go
 straight to ``items``: they carry a reason and are few.
 
-Duplicates within a run. A Bloom filter of the keys this run claimed (:mod:`._filter`)
-rules out nearly every key at once. A key it cannot rule out is checked exactly: against
+Duplicates within a run. A filter of the keys this run claimed (:mod:`._filter`: hash
+tables of fingerprints, in numpy) rules out nearly every key at once. A key it cannot rule out is checked exactly: against
 the keys in flight and the records waiting for a commit (in memory), then against this
 run's log, scanned by SQLite without an index (a quarter of a second per ten million
 keys here: fine for the filter's rare false positives). Once a scan finds a real
@@ -261,7 +261,8 @@ _SCAN_LOG = "SELECT fmt, keys FROM log WHERE run = ?2 AND instr(keys, ?1) > 0"
 #: Keys merged into the index per statement (sorted together: fewer pages touched).
 _MERGE_BATCH = 1 << 18
 
-#: Bloom filter false positives: a positive costs an exact check, which may scan the log.
+#: False positives of the Bloom filters of keys other than digests: a positive costs an
+#: exact check, which may scan the log.
 _FALSE_POSITIVES = 1e-7
 
 
