@@ -35,13 +35,13 @@ pays for the index. Failures, and results that needed more than one attempt, go
 straight to ``items``: they carry a reason and are few.
 
 Duplicates within a run. A filter of the keys this run claimed (:mod:`._filter`: hash
-tables of fingerprints, in numpy) rules out nearly every key at once. A key it cannot rule out is checked exactly: against
-the keys in flight and the records waiting for a commit (in memory), then against this
-run's log, scanned by SQLite without an index (a quarter of a second per ten million
-keys here: fine for the filter's rare false positives). Once a scan finds a real
-repeat, the input repeats itself, and the run's log is merged into the index instead,
-so that each later check is a lookup: that costs what indexing each key would have
-cost, but only for runs whose input repeats itself.
+tables of fingerprints, in numpy) rules out nearly every key at once. A key it cannot
+rule out is checked exactly: against the keys in flight and the records waiting for a
+commit (in memory), then against this run's log, scanned by SQLite without an index (a
+quarter of a second per ten million keys here: fine for the filter's rare false
+positives). Once a scan finds a real repeat, the input repeats itself, and the run's log
+is merged into the index instead, so that each later check is a lookup: that costs what
+indexing each key would have cost, but only for runs whose input repeats itself.
 
 Group commit: records are queued and committed every ``commit_interval`` seconds or
 ``commit_items`` items, whichever comes first; a commit is stretched so that commits take
