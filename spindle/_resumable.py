@@ -132,7 +132,7 @@ class JournaledResults(Results):
             raise
         opened.set_report_source(lambda: to_json(results.snapshot()))
         self.journal: SqliteJournal = opened
-        self.outcome = RunOutcome()
+        self.outcome: RunOutcome = RunOutcome()
         self._inner = results
         self._ex = results._ex
         chunks = recorded(results, opened, claimer.keys_of, self.outcome, CHUNK)

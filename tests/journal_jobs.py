@@ -114,7 +114,8 @@ def main(argv: list[str]) -> None:
         taken = sum(1 for _ in results)
     finally:
         items.close()
-    outcome = results.outcome  # type: ignore[attr-defined]
+    outcome = results.outcome
+    assert outcome is not None
     print(f"took {taken}, done {outcome.done} failed {outcome.failed}", flush=True)
 
 

@@ -36,7 +36,7 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager
 from itertools import chain, islice
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import ConfigError
 from .._failure import Failure
@@ -45,6 +45,9 @@ from .channel import Channel, ChannelClosed
 from .loop import new_event_loop
 from .runner import StageRunner
 from .stage import Stage, StageStats
+
+if TYPE_CHECKING:
+    from .._journaled import RunOutcome
 
 OnError = Literal["raise", "yield"]
 #: Something to run beside a pipeline on its loop: given the run's ``snapshot``
@@ -192,6 +195,10 @@ class Pipeline:
 class Results(Iterator[Any]):
     """The lazy iterator of a run. ``close()`` (or leaving a ``for`` loop, or garbage
     collection) stops the run and every worker."""
+
+    #: A journaled run's counts (done, failed, skipped as done or as duplicates),
+    #: final once the iteration has ended or been closed; None without a journal.
+    outcome: RunOutcome | None = None
 
     def __init__(self, ex: _Execution) -> None:
         self._ex = ex
