@@ -505,11 +505,19 @@ def recorded(
             inputs = list(map(first, chunk))
             values = list(map(second, chunk))
             chunk_keys = keys(inputs)
+            # Records go to the journal in the order of their chunks, so that an ordered
+            # run's keys leave the journal's claims from the front (no lookups).
             if Failure not in map(type, values):  # the usual chunk: all done
+                if pending:
+                    out, pending = pending, []
+                    record(out)
                 done_keys += chunk_keys
                 done_payloads += starmap(as_record, chunk)
                 done += len(chunk)
             else:
+                if done_keys:
+                    journal.record_done(done_keys, done_payloads)
+                    done_keys, done_payloads = [], []
                 for key, item, value in zip(chunk_keys, inputs, values, strict=True):
                     if type(value) is Failure:
                         value = as_failure(value, item)

@@ -210,14 +210,29 @@ class KeyFilter:
         self._room -= len(keys)
 
     def maybe_add(self, keys: Sequence[Hashable]) -> list[int]:
-        """:meth:`maybe`, then :meth:`add`: for digests, one pass over the table."""
+        """:meth:`maybe`, then :meth:`add` (for digests, one pass over the table); the
+        indexes also name every key that repeats an earlier one of ``keys``, so that no
+        index at all means distinct keys, none added before."""
         fps = _fingerprints(keys)
         if fps is None or self._filters:
             maybe = self.maybe(keys)
             self.add(keys)
+            if len(set(keys)) != len(keys):
+                first: dict[Hashable, int] = {}
+                for i, k in enumerate(keys):
+                    first.setdefault(k, i)
+                repeats = [i for i, k in enumerate(keys) if first[k] != i]
+                maybe = sorted(set(maybe).union(repeats))
             return maybe
-        found: list[int] = np.flatnonzero(self._table.add(fps)).tolist()
-        return found
+        found = self._table.add(fps)
+        ordered = np.sort(fps)
+        if (ordered[1:] == ordered[:-1]).any():  # a fingerprint twice in the chunk
+            _, firsts = np.unique(fps, return_index=True)
+            again = np.ones(len(fps), dtype=bool)
+            again[firsts] = False
+            found |= again
+        indexes: list[int] = np.flatnonzero(found).tolist()
+        return indexes
 
     def maybe(self, keys: Sequence[Hashable]) -> list[int]:
         """Indexes of the keys that may have been added (the others certainly were not)."""

@@ -100,6 +100,7 @@ from ._base import (
 )
 from ._errors import JournalCorrupt, JournalError, JournalMismatch
 from ._filter import KeyFilter
+from ._inflight import InFlight
 from ._lock import JournalLock
 from ._log import DIGESTS, digest_blob, needle, pack_keys, unpack_keys
 from ._status import JournalStatus, collect_status, read_status
@@ -455,7 +456,7 @@ class SqliteJournal(Journal):
         self._points: dict[str, str] = {}  # the points the journal has committed
         self._mutex = threading.Lock()
         self._stats = JournalStats()
-        self._inflight: set[Key] = set()  # claimed, not recorded
+        self._inflight = InFlight()  # claimed, not recorded
         # Claimed keys the database has a row for (pending or failed in an earlier run),
         # with that state: their record replaces it. Empty unless resuming.
         self._db_states: dict[Key, State] = {}
@@ -735,18 +736,14 @@ class SqliteJournal(Journal):
         # most keys are then skipped as done, and the filter holds only those that run.
         add_all = claim and not self._resumed
         maybe = self._filter.maybe_add(keys) if add_all else self._filter.maybe(keys)
-        if not maybe and not self._resumed:
-            # The usual case, checked in C: new to this run and to the journal (none is in
-            # flight), and to the batch if the set of keys in flight grows by all of them.
-            before = len(inflight)
-            inflight.update(keys)
-            if len(inflight) - before == n:
-                if claim:
-                    self._stats.started += n
-                else:
-                    inflight.difference_update(keys)
-                return [True] * n
-            inflight.difference_update(keys)  # a key twice in the batch: the long way
+        # The usual case, decided with no Python per key: new to this run (the filter
+        # has every key claimed, so none is in flight), to the journal, and to the batch
+        # (maybe_add names repeats within it; without it, a set tells).
+        if not maybe and not self._resumed and (add_all or len(set(keys)) == n):
+            if claim:
+                inflight.add_new(list(keys))  # a copy: the caller's list may change
+                self._stats.started += n
+            return [True] * n
         # Keys this run has already claimed or recorded (exactly: the filter may be wrong).
         seen = self._seen_this_run({keys[i] for i in maybe}) if maybe else set()
         # Resuming: which keys earlier runs left to do (None: the index has no row).
@@ -790,7 +787,7 @@ class SqliteJournal(Journal):
             go = list(compress(keys, result))
             if not add_all:
                 self._filter.add(go)
-            inflight.update(go)
+            inflight.add_new(go)
             stats = self._stats
             stats.started += len(go)
             stats.skipped_done += skipped_done
@@ -827,7 +824,7 @@ class SqliteJournal(Journal):
     def _seen_this_run(self, candidates: set[Key]) -> set[Key]:
         """Which of ``candidates`` this run has claimed: in flight, recorded and waiting
         for a commit, or committed (for those, the run's log is merged into the index)."""
-        seen = candidates & self._inflight
+        seen = self._inflight.intersection(candidates)
         rest = candidates - seen
         job = self._job
         for keys, rows in [
@@ -997,8 +994,12 @@ class SqliteJournal(Journal):
             keys, _, _, _, _, payloads = zip(*batch, strict=True)
             if self._record_columns(keys, payloads):
                 return
-        inflight = self._inflight
-        strays = [rec[0] for rec in batch if rec[0] not in inflight]
+        # Records in claim order (an ordered run's) take their keys from the front;
+        # any others are checked one by one against the keys in flight, as a set.
+        batch_keys = [rec[0] for rec in batch]
+        in_order = self._inflight.take_in_order(batch_keys)
+        live: set[Key] = set(batch_keys) if in_order else self._inflight.as_set()
+        strays = [] if in_order else [k for k in batch_keys if k not in live]
         if strays:  # recorded without mark_started: claim them now, or drop them as known
             self._decide(strays, claim=True)
         results = self._outputs.get(RESULTS)
@@ -1014,7 +1015,7 @@ class SqliteJournal(Journal):
         ignored = n_failed = 0
         for rec in batch:
             key, state, attempts, error, message, payload = rec
-            if key not in inflight:  # not claimed, or recorded already
+            if key not in live:  # not claimed, or recorded already
                 ignored += 1
                 continue
             if state == DONE:
@@ -1027,7 +1028,7 @@ class SqliteJournal(Journal):
                         stats.unwritable += 1
             elif state != FAILED:
                 raise JournalError(f"invalid state {state!r} in a record for key {key!r}")
-            inflight.discard(key)
+            live.discard(key)
             leaving = db_states.pop(key, None)
             wait = done_wait if state == DONE else fail_wait
             if leaving is not None:
@@ -1060,19 +1061,22 @@ class SqliteJournal(Journal):
         attempt, claimed, not recorded before, and writable. Returns False, having
         changed nothing, otherwise (the general path in :meth:`_record` handles it)."""
         results = self._outputs.get(RESULTS)
-        inflight = self._inflight
-        if results is None or not keys or not inflight.issuperset(keys):
+        if results is None or not keys:
             return False
-        n = len(keys)
         try:
             rows = results.encode_many(payloads)
         except UnwritableRecord:
             return False
-        before = len(inflight)
-        inflight.difference_update(keys)
-        if before - len(inflight) != n:  # a key twice in the batch: undo, take the long way
-            inflight.update(keys)
-            return False
+        n = len(keys)
+        if not self._inflight.take_in_order(keys):  # not in claim order: as a set
+            live = self._inflight.as_set()
+            if not live.issuperset(keys):
+                return False
+            before = len(live)
+            live.difference_update(keys)
+            if before - len(live) != n:  # a key twice in the batch: undo, the long way
+                live.update(keys)
+                return False
         results.write(rows)
         wait = self._waiting[RESULTS]
         wait.keys += keys
