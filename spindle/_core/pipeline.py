@@ -129,7 +129,7 @@ class Pipeline:
         file (``.jsonl``, ``.csv``, ``.sqlite``, ``.parquet``) that matches the journal
         after any crash, one record per input. ``retry_failed`` runs the items that
         failed before again; ``force`` forgets the journal's items and starts over.
-        See :mod:`spindle._resumable`.
+        ``docs/journal.md`` says more.
         """
         if journal is not None or key is not None or output is not None or retry_failed or force:
             from .._resumable import JournaledResults, check_journal_arguments
