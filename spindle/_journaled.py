@@ -54,7 +54,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import compress, islice, starmap
+from itertools import compress, islice, repeat, starmap
 from operator import is_, itemgetter
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -82,6 +82,7 @@ from .outputs._base import check_parent
 
 __all__ = [
     "CHUNK",
+    "MAX_CHUNK",
     "RECORD_DELAY",
     "Claimer",
     "JournaledMap",
@@ -91,6 +92,7 @@ __all__ = [
     "SignalsFactory",
     "check_journal_options",
     "field_key",
+    "growing_chunks",
     "journal_timeline",
     "json_key",
     "map_fingerprint",
@@ -105,7 +107,7 @@ __all__ = [
     "value_key",
 ]
 
-#: Keys claimed per ``mark_started`` call, and records per ``record`` call.
+#: Records per ``record`` call.
 CHUNK = 256
 #: Seconds a finished result may wait in the caller's batch before it goes to the journal
 #: (checked as results arrive), so that slow jobs do not sit there for a whole batch.
@@ -346,14 +348,12 @@ class Claimer:
         journal: Journal,
         key: KeyFunction,
         fallback: KeyFunction,
-        chunk: int = CHUNK,
         *,
         ordered: bool = False,
     ) -> None:
         self.journal = journal
         self.key = key
         self.fallback = fallback
-        self.chunk = chunk
         self.ordered = ordered
         self.raw_key = keys_for(journal.key_scheme).value  # of inputs the reader could not parse
         #: id(input) -> key, for the items in flight (filled here, emptied by the caller)
@@ -406,8 +406,7 @@ class Claimer:
         if isinstance(items, Items) and items.chunkable():
             batches: Iterable[list[Any]] = items.chunks()  # a file: read a block at a time
         else:
-            it = iter(items)
-            batches = iter(lambda: list(islice(it, self.chunk)), [])
+            batches = growing_chunks(iter(items), 1)
         for batch in batches:
             if not batch:
                 continue
@@ -452,6 +451,34 @@ class Claimer:
         return batch_keys, tags
 
 
+#: The largest chunk of a plain iterable that is keyed and claimed at once.
+MAX_CHUNK = 8192
+#: A chunk read faster than this doubles the next one; slower than _SLOW halves it.
+_FAST, _SLOW = 0.002, 0.05
+
+
+def growing_chunks(it: Iterator[Any], first: int, most: int = MAX_CHUNK) -> Iterator[list[Any]]:
+    """The items of ``it`` in lists: small while items come slowly, so that a slow
+    source (a queue, a socket) starts work at once, and up to ``most`` while whole lists
+    arrive within milliseconds (a list, a range, a fast generator), so that keying and
+    claiming cost little per item. A list is read whole before it goes on: a source
+    that slows down after a burst holds back the items of the list being read, until
+    a slow list halves the next."""
+    size = first
+    clock = time.perf_counter
+    while True:
+        started = clock()
+        chunk = list(islice(it, size))
+        if not chunk:
+            return
+        took = clock() - started
+        yield chunk
+        if took < _FAST:
+            size = min(size * 2, most)
+        elif took > _SLOW:
+            size = max(size // 2, 1)
+
+
 class _SlowPath(Exception):
     """A batch needs keying one input at a time (see :meth:`Claimer.claimed`)."""
 
@@ -491,6 +518,7 @@ def recorded(
     """
     first, second = itemgetter(0), itemgetter(1)
     as_record, as_failure = shape.result, shape.failure
+    build = journal.keeps_payloads  # else a done item's record goes nowhere: not built
     record = journal.record
     clock = time.monotonic
     pending: list[Record] = []  # failures, and results of chunks that hold failures
@@ -512,7 +540,7 @@ def recorded(
                     out, pending = pending, []
                     record(out)
                 done_keys += chunk_keys
-                done_payloads += starmap(as_record, chunk)
+                done_payloads += starmap(as_record, chunk) if build else repeat(None, len(chunk))
                 done += len(chunk)
             else:
                 if done_keys:
@@ -572,7 +600,7 @@ def _drive(
     Returns the outcome and the (finished) results, whose snapshot the caller may show.
     A ``SpindleError`` that stops the run is kept in ``outcome.error``.
     """
-    claimer = Claimer(journal, key, fallback, batch, ordered=pipeline.ordered)
+    claimer = Claimer(journal, key, fallback, ordered=pipeline.ordered)
     outcome = RunOutcome()
     results = pipeline.run(
         ChunkedSource(claimer.claimed(items)), with_inputs=True, total=total, services=services

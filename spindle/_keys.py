@@ -33,6 +33,7 @@ __all__ = [
     "Keys",
     "MissingKey",
     "TextKey",
+    "ValueKey",
     "field_key",
     "keys_for",
 ]
@@ -80,6 +81,41 @@ class TextKey:
             return list(map(self, lines))
 
 
+class ValueKey:
+    """The default key of any item: text as a line, anything else as its canonical JSON,
+    else its ``repr``.
+
+    ``many`` keys a batch of strings, or of ints, with no Python code per item (an int's
+    canonical JSON is its decimal text; beyond 64 bits orjson refuses it, and its
+    ``repr`` is that same text).
+    """
+
+    __slots__ = ("digest", "json", "text")
+
+    def __init__(
+        self, digest: Callable[[bytes], bytes], text: TextKey, json: Callable[[Any], bytes]
+    ) -> None:
+        self.digest = digest
+        self.text = text
+        self.json = json
+
+    def __call__(self, value: Any) -> bytes:
+        if type(value) is str:
+            return self.text(value)
+        try:
+            return self.json(value)
+        except TypeError:
+            return self.digest(repr(value).encode("utf-8", "surrogatepass"))
+
+    def many(self, values: list[Any]) -> list[bytes]:
+        kinds = set(map(type, values))
+        if kinds == {str}:
+            return self.text.many(values)
+        if kinds == {int}:
+            return list(map(self.digest, map(str.encode, map(str, values))))
+        return list(map(self, values))
+
+
 class Keys(NamedTuple):
     """The default key functions of one digest scheme."""
 
@@ -100,15 +136,7 @@ def keys_for(scheme: str) -> Keys:
     def json_key(value: Any) -> bytes:
         return digest(orjson.dumps(value, default=json_default, option=_SORTED))
 
-    def value_key(value: Any) -> bytes:
-        if type(value) is str:
-            return text(value)
-        try:
-            return json_key(value)
-        except TypeError:
-            return digest(repr(value).encode("utf-8", "surrogatepass"))
-
-    return Keys(scheme, text, json_key, value_key)
+    return Keys(scheme, text, json_key, ValueKey(digest, text, json_key))
 
 
 def field_key(field: str) -> KeyFunction:

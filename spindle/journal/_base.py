@@ -147,6 +147,12 @@ class Journal(ABC):
     #: The digest scheme of the default keys of this journal's items.
     key_scheme: str = DEFAULT_KEY_SCHEME
 
+    @property
+    def keeps_payloads(self) -> bool:
+        """Whether the payloads of done items go somewhere (an output). When they do not,
+        a caller may record None instead of building them."""
+        return True
+
     @abstractmethod
     def filter_new(self, keys: Sequence[Key]) -> list[bool]:
         """For each key, whether it still has to run. Reads only; claims nothing.

@@ -50,11 +50,13 @@ _U32 = npt.NDArray[np.uint32]
 _Flags = npt.NDArray[np.bool_]
 
 
-def _fingerprints(keys: Sequence[Hashable]) -> _U64 | None:
+def _fingerprints(keys: Sequence[Hashable], blob: bytes | None = None) -> _U64 | None:
     """The first 8 bytes of each key, with the lowest bit set (0 marks an empty slot);
     None unless every key is a 16-byte digest (each one checked: bytes keys of other
-    lengths could add up to the same blob, and then no fingerprint would be its key's)."""
-    blob = digest_blob(keys)  # type: ignore[arg-type]
+    lengths could add up to the same blob, and then no fingerprint would be its key's).
+    ``blob``: the keys end to end, checked so already (:func:`digest_blob`)."""
+    if blob is None:
+        blob = digest_blob(keys)  # type: ignore[arg-type]
     if blob is None:
         return None
     fps: _U64 = np.frombuffer(blob, dtype="<u8")[::2] | np.uint64(1)
@@ -209,11 +211,12 @@ class KeyFilter:
         self._filters[-1].update(keys)
         self._room -= len(keys)
 
-    def maybe_add(self, keys: Sequence[Hashable]) -> list[int]:
+    def maybe_add(self, keys: Sequence[Hashable], blob: bytes | None = None) -> list[int]:
         """:meth:`maybe`, then :meth:`add` (for digests, one pass over the table); the
         indexes also name every key that repeats an earlier one of ``keys``, so that no
-        index at all means distinct keys, none added before."""
-        fps = _fingerprints(keys)
+        index at all means distinct keys, none added before. ``blob``: the keys end to
+        end, if the caller has checked that they are digests (:func:`digest_blob`)."""
+        fps = _fingerprints(keys, blob)
         if fps is None or self._filters:
             maybe = self.maybe(keys)
             self.add(keys)

@@ -345,6 +345,7 @@ class _CommitJob:
 
     __slots__ = (
         "conn",
+        "digests",
         "error",
         "inflight",
         "keys",
@@ -363,6 +364,7 @@ class _CommitJob:
         self.path = path
         self.started = started
         self.keys: list[Key] = []  # done keys for the log
+        self.digests = False  # every key is a 16-byte digest, checked when claimed
         self.log: tuple[int, float] | None = None  # (run, time) of the log row
         self.rows: list[tuple[Any, ...]] = []  # items upserts
         self.inflight: list[Key] = []  # the run's keys in flight, stored on its row
@@ -375,8 +377,11 @@ class _CommitJob:
     def run(self) -> None:
         conn = self.conn
         try:
-            fmt, blob = pack_keys(self.keys) if self.keys else (None, None)
-            in_fmt, inflight = pack_keys(self.inflight) if self.inflight else (None, None)
+            digests = self.digests
+            fmt, blob = pack_keys(self.keys, digests=digests) if self.keys else (None, None)
+            in_fmt, inflight = (
+                pack_keys(self.inflight, digests=digests) if self.inflight else (None, None)
+            )
             conn.execute("BEGIN IMMEDIATE")
             if blob is not None and self.log is not None:
                 run, when = self.log
@@ -486,6 +491,9 @@ class SqliteJournal(Journal):
         # while a commit is being written through the other one in a background thread.
         self._reader: sqlite3.Connection | None = None
         self._filter = KeyFilter(false_positives=_FALSE_POSITIVES)
+        # Every key claimed so far was a 16-byte digest (checked once, at its claim): a
+        # commit then writes keys end to end without checking each length again.
+        self._digests_only = True
         self._resumed = False
         opened: list[Output[Any]] = []
         try:
@@ -708,6 +716,10 @@ class SqliteJournal(Journal):
         assert cur.lastrowid is not None
         self._run = cur.lastrowid
 
+    @property
+    def keeps_payloads(self) -> bool:
+        return RESULTS in self._outputs
+
     # -- claiming ----------------------------------------------------------------------
 
     def filter_new(self, keys: Sequence[Key]) -> list[bool]:
@@ -735,7 +747,10 @@ class SqliteJournal(Journal):
         # then not claimed is a repeat, one the run has seen anyway. Not when resuming:
         # most keys are then skipped as done, and the filter holds only those that run.
         add_all = claim and not self._resumed
-        maybe = self._filter.maybe_add(keys) if add_all else self._filter.maybe(keys)
+        blob = digest_blob(keys)
+        if claim and blob is None:
+            self._digests_only = False
+        maybe = self._filter.maybe_add(keys, blob) if add_all else self._filter.maybe(keys)
         # The usual case, decided with no Python per key: new to this run (the filter
         # has every key claimed, so none is in flight), to the journal, and to the batch
         # (maybe_add names repeats within it; without it, a set tells).
@@ -1058,15 +1073,18 @@ class SqliteJournal(Journal):
 
     def _record_columns(self, keys: Sequence[Key], payloads: Sequence[Any]) -> bool:
         """The usual batch, recorded column by column: every item done at its first
-        attempt, claimed, not recorded before, and writable. Returns False, having
-        changed nothing, otherwise (the general path in :meth:`_record` handles it)."""
+        attempt, claimed, not recorded before, and writable (or no output to write).
+        Returns False, having changed nothing, otherwise (the general path in
+        :meth:`_record` handles it)."""
         results = self._outputs.get(RESULTS)
-        if results is None or not keys:
+        if not keys:
             return False
-        try:
-            rows = results.encode_many(payloads)
-        except UnwritableRecord:
-            return False
+        rows: list[Any] = []
+        if results is not None:
+            try:
+                rows = results.encode_many(payloads)
+            except UnwritableRecord:
+                return False
         n = len(keys)
         if not self._inflight.take_in_order(keys):  # not in claim order: as a set
             live = self._inflight.as_set()
@@ -1077,8 +1095,9 @@ class SqliteJournal(Journal):
             if before - len(live) != n:  # a key twice in the batch: undo, the long way
                 live.update(keys)
                 return False
-        results.write(rows)
-        wait = self._waiting[RESULTS]
+        if results is not None:
+            results.write(rows)
+        wait = self._waiting[RESULTS if results is not None else ""]
         wait.keys += keys
         wait.done += n
         if self._db_states:
@@ -1193,6 +1212,7 @@ class SqliteJournal(Journal):
         job.rows = rows
         job.inflight = inflight
         job.points = points
+        job.digests = self._digests_only
         job.statements = [
             (
                 "UPDATE outputs SET point = ? WHERE slot = ?",

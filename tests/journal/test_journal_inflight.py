@@ -77,3 +77,14 @@ def test_an_ordered_run_never_builds_a_set_and_an_unordered_one_still_works(
         assert len(j._inflight) == 0
     states = item_states(tmp_path / "b.db")
     assert states == {k: "failed" if i < 10 else "done" for i, k in enumerate(claimed[:1000])}
+
+
+def test_bytes_keys_of_other_lengths_are_logged_as_they_are(tmp_path: Path) -> None:
+    """15 + 17 bytes make 32, like two digests: the log must not cut them as digests."""
+    odd = [b"a" * 15, b"b" * 17]
+    with SqliteJournal(tmp_path / "j.db", "fp", commit_interval=0) as j:
+        assert j.mark_started(keys(0, 2)) == [True, True]  # digests first
+        j.record_done(keys(0, 2), [1, 1])
+        assert j.mark_started(odd) == [True, True]
+        j.record_done(odd, [1, 1])
+    assert item_states(tmp_path / "j.db") == dict.fromkeys([*keys(0, 2), *odd], "done")
