@@ -10,6 +10,9 @@ journal's opening and closing), not the imports. Workloads:
 
 * tiny: 1,000,000 items of ``sum(i*i for i in range(50))`` on processes (kind cpu);
 * async: 100,000 items of ``await asyncio.sleep(0.005)`` on the event loop, 1,000 at once;
+* api: the tiny job as ``python -m bench`` runs it, ``spindle.map(tiny, range(n))``
+  from Python with and without ``journal=``, no output file (the journal keeps only
+  which items are done; the caller takes the results);
 * resume: 1,000,000 items of the tiny job of which 999,000 are done in the journal: the
   time to skip them (read, key, look up) and run the last 1,000.
 
@@ -42,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS: dict[str, tuple[str, str, int, int]] = {
     "tiny": ("tiny", "cpu", 1_000_000, 100_000),
     "async": ("job", "io", 100_000, 10_000),
+    "api": ("tiny", "cpu", 1_000_000, 100_000),  # spindle.map(...) from Python, no output
 }
 #: Items left to run in the resume workload.
 RESUME_LEFT = 1_000
@@ -99,11 +103,31 @@ def run_map(
     return {"seconds": seconds, "code": code, "summary": stderr.getvalue().strip()}
 
 
+def run_api(job: str, kind: str, n: int, journal: Path | None) -> dict[str, Any]:
+    """``spindle.map(fn, range(n), journal=...)`` from Python, results taken and
+    dropped: the tiny benchmark of ``python -m bench``, with and without a journal."""
+    import spindle
+
+    from . import work
+
+    fn = getattr(work, job)
+    started = time.perf_counter()
+    results = spindle.map(fn, range(n), kind=kind, journal=journal)
+    taken = sum(map(len, results.chunks()))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "code": 0 if taken == n else 1, "summary": f"{taken} results"}
+
+
 def one(args: argparse.Namespace) -> None:
     """``--one``: a single measurement, printed as one JSON line."""
     job, kind, _, _ = WORKLOADS.get(args.workload, WORKLOADS["tiny"])
     directory = Path(args.dir)
     journal = directory / "j.db" if args.journal else None
+    if args.workload == "api":
+        with open(directory / "in.txt", "rb") as f:
+            n = sum(1 for _ in f)  # the size the harness chose
+        print(json.dumps(run_api(job, kind, n, journal)), flush=True)
+        return
     result = run_map(job, kind, directory / "in.txt", directory / "out.jsonl", journal)
     print(json.dumps(result), flush=True)
 
@@ -190,6 +214,7 @@ def render(
     labels = {
         "tiny": "tiny CPU job (kind cpu)",
         "async": f"`asyncio.sleep(0.005)` (kind io, concurrency {CONCURRENCY:,})",
+        "api": "tiny CPU job, `spindle.map(..., journal=)` from Python, no output file",
     }
     for row in rows:
         cost = (row["with"] - row["without"]) / row["n"] * 1e6
