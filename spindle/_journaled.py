@@ -404,7 +404,8 @@ class Claimer:
         )
         mark_started = self.journal.mark_started
         if isinstance(items, Items) and items.chunkable():
-            batches: Iterable[list[Any]] = items.chunks()  # a file: read a block at a time
+            # A file: read a block at a time, text lines with their bytes to digest.
+            batches: Iterable[list[Any]] = items.chunks(keep_bytes=True)
         else:
             batches = growing_chunks(iter(items), 1)
         for batch in batches:
@@ -412,7 +413,7 @@ class Claimer:
                 continue
             tags = batch
             try:  # the usual case: every input parsed and keyed, in one pass
-                if Failure in map(type, batch):
+                if not getattr(batch, "clean", False) and Failure in map(type, batch):
                     raise _SlowPath
                 batch_keys = many(batch)
             except Exception:

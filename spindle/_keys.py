@@ -75,6 +75,9 @@ class TextKey:
         return self.digest(line.encode("utf-8", "surrogatepass"))
 
     def many(self, lines: list[str]) -> list[bytes]:
+        raw: list[bytes] | None = getattr(lines, "raw", None)
+        if raw is not None:  # the bytes the lines were decoded from: the same digests
+            return list(map(self.digest, raw))
         try:
             return list(map(self.digest, map(str.encode, lines)))
         except UnicodeEncodeError:  # a lone surrogate: the same key, the long way

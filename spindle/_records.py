@@ -9,7 +9,7 @@ import io
 import os
 import stat
 import sys
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from typing import IO, Any
 
 import orjson
@@ -96,23 +96,33 @@ class Items(Iterator[Any]):
         except (OSError, ValueError, io.UnsupportedOperation):
             return False
 
-    def chunks(self, size_hint: int = 1 << 16) -> Iterator[list[Any]]:
+    def chunks(self, size_hint: int = 1 << 16, *, keep_bytes: bool = False) -> Iterator[list[Any]]:
         """The records in lists, a block of lines at a time (see :meth:`chunkable`).
 
-        A block whose lines are all well-formed is parsed in one pass; one with a bad
-        line is parsed line by line, so that each bad line becomes its own Failure.
+        A block whose lines are all well-formed is parsed in one pass, and comes as
+        :class:`Lines` marked ``clean``; one with a bad line is parsed line by line, so
+        that each bad line becomes its own Failure. With ``keep_bytes``, a clean block of
+        text lines also carries their bytes (``Lines.raw``).
         """
         jsonl = self.fmt == "jsonl"
         n = 0
         while lines := self._file.readlines(size_hint):
             try:
-                texts = [raw.rstrip(b"\r\n").decode("utf-8") for raw in lines]
+                if not jsonl and keep_bytes:
+                    stripped = [line.rstrip(b"\r\n") for line in lines]
+                    block = Lines(map(bytes.decode, stripped))
+                    block.clean, block.raw = True, stripped
+                    n += len(lines)
+                    yield block
+                    continue
+                texts = [line.rstrip(b"\r\n").decode("utf-8") for line in lines]
                 if not jsonl:
                     n += len(lines)
                     yield texts
                     continue
                 if "" not in texts:
-                    values = list(map(orjson.loads, texts))
+                    values = Lines(map(orjson.loads, texts))
+                    values.clean = True
                     n += len(lines)
                     yield values
                     continue
@@ -128,6 +138,23 @@ class Items(Iterator[Any]):
         self._gen.close()
         if self._owned:
             self._file.close()
+
+
+class Lines(list[Any]):
+    """A block of records from :meth:`Items.chunks`.
+
+    ``clean``: every line parsed (no Failure among them), so a consumer need not look.
+    ``raw``: with ``chunks(keep_bytes=True)``, the bytes of each text line, which a keyer may
+    digest as they are rather than encode each line back (the same bytes: the lines
+    were decoded from valid UTF-8).
+    """
+
+    __slots__ = ("clean", "raw")
+
+    def __init__(self, records: Iterable[Any] = ()) -> None:
+        super().__init__(records)
+        self.clean = False
+        self.raw: list[bytes] | None = None
 
 
 def _malformed(text: str, n: int, why: str) -> Failure:

@@ -48,3 +48,29 @@ def test_a_journal_keyed_with_blake2b_resumes_with_blake2b(tmp_path: Path) -> No
     again = run_journaled(pipeline, lines, output=out, journal=journal)
     assert (again.done, again.skipped_done) == (10, 40)  # only the new lines ran
     assert set(item_states(journal)) == {old.text(line) for line in lines}
+
+
+def test_lines_keyed_from_their_bytes_get_the_keys_of_their_text(tmp_path: Path) -> None:
+    from spindle._records import Items
+
+    path = tmp_path / "in.txt"
+    path.write_bytes("a\r\nü ß\n\n  spaced  \nlast".encode())
+    keys = keys_for(DEFAULT_SCHEME)
+    items = Items(str(path), "text")
+    try:
+        (block,) = list(items.chunks(keep_bytes=True))
+    finally:
+        items.close()
+    assert block == ["a", "ü ß", "", "  spaced  ", "last"]
+    assert block.clean and block.raw is not None
+    assert keys.text.many(block) == [keys.text(line) for line in block]
+    assert keys.value.many(block) == [keys.value(line) for line in block]
+
+    path.write_bytes(b"fine\n\xff bad\n")  # not UTF-8: line by line, with a Failure
+    items = Items(str(path), "text")
+    try:
+        (mixed,) = list(items.chunks(keep_bytes=True))
+    finally:
+        items.close()
+    assert mixed[0] == "fine" and type(mixed[1]) is spindle.Failure
+    assert not getattr(mixed, "clean", False)
