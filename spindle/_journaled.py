@@ -532,11 +532,10 @@ def recorded(
             if hand_out:
                 yield chunk
             inputs = list(map(first, chunk))
-            values = list(map(second, chunk))
             chunk_keys = keys(inputs)
             # Records go to the journal in the order of their chunks, so that an ordered
             # run's keys leave the journal's claims from the front (no lookups).
-            if Failure not in map(type, values):  # the usual chunk: all done
+            if Failure not in map(type, map(second, chunk)):  # the usual chunk: all done
                 if pending:
                     out, pending = pending, []
                     record(out)
@@ -547,7 +546,7 @@ def recorded(
                 if done_keys:
                     journal.record_done(done_keys, done_payloads)
                     done_keys, done_payloads = [], []
-                for key, item, value in zip(chunk_keys, inputs, values, strict=True):
+                for key, (item, value) in zip(chunk_keys, chunk, strict=True):
                     if type(value) is Failure:
                         value = as_failure(value, item)
                         payload = value.to_dict()
