@@ -779,8 +779,14 @@ class SqliteJournal(Journal):
                         db_states[keys[i]] = state
                 result[i] = True
         else:
+            # Every occurrence of a key done in an earlier run counts as skipped done, a
+            # repeat of a key this run claimed as a duplicate, however the input is cut.
             batch: set[Key] = set()
+            done_before: set[Key] = set()
             for i, key in enumerate(keys):
+                if key in done_before:
+                    skipped_done += 1
+                    continue
                 if key in seen or key in batch:
                     duplicates += 1
                     continue
@@ -789,6 +795,7 @@ class SqliteJournal(Journal):
                     row = left.get(i)
                     if row is None:
                         skipped_done += 1
+                        done_before.add(key)
                         continue
                     state, row_run = row
                     if state is not None:
