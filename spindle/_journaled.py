@@ -101,6 +101,7 @@ __all__ = [
     "pipeline_fingerprint",
     "recorded",
     "refuse_flat",
+    "refuse_without_journal",
     "run_journaled",
     "status_report",
     "text_key",
@@ -129,23 +130,27 @@ def check_journal_options(
     output_format: str | None = None,
 ) -> None:
     """The journal's options make sense only with ``--journal``."""
-    if journal is not None:
-        return
-    given = [
-        name
-        for name, used in (
-            ("--key", key is not None),
-            ("--retry-failed", retry_failed),
-            ("--force", force),
-            ("--output-format", output_format is not None),
+    if journal is None:
+        refuse_without_journal(
+            [
+                ("--key", key is not None),
+                ("--retry-failed", retry_failed),
+                ("--force", force),
+                ("--output-format", output_format is not None),
+            ],
+            "--journal PATH (a file that records which items are done, so that rerunning "
+            "the command resumes)",
         )
-        if used
-    ]
+
+
+def refuse_without_journal(options: list[tuple[str, bool]], add: str) -> None:
+    """Raise a ConfigError naming the journal's ``options`` given (``True``) although
+    there is no journal, and saying to ``add`` one."""
+    given = [name for name, used in options if used]
     if given:
         raise ConfigError(
             f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to a "
-            "journaled run: add --journal PATH "
-            "(a file that records which items are done, so that rerunning the command resumes)"
+            f"journaled run: add {add}"
         )
 
 

@@ -33,7 +33,6 @@ from operator import itemgetter
 from typing import Any
 
 from ._core.pipeline import ChunkedSource, Pipeline, Results, Service
-from ._errors import ConfigError
 from ._failure import Failure
 from ._journaled import (
     CHUNK,
@@ -44,6 +43,7 @@ from ._journaled import (
     pipeline_fingerprint,
     recorded,
     refuse_flat,
+    refuse_without_journal,
 )
 from ._keys import field_key, keys_for
 from .journal import SqliteJournal
@@ -64,23 +64,16 @@ def check_journal_arguments(
 ) -> None:
     """``key``, ``output``, ``retry_failed`` and ``force`` mean something only with a
     journal: given without one, they are a mistake worth naming."""
-    if journal is not None:
-        return
-    given = [
-        name
-        for name, used in (
-            ("key", key is not None),
-            ("output", output is not None),
-            ("retry_failed", retry_failed),
-            ("force", force),
-        )
-        if used
-    ]
-    if given:
-        raise ConfigError(
-            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to a "
-            "journaled run: add journal=PATH (a file that records which items are done, "
-            "so that the same call made again resumes)"
+    if journal is None:
+        refuse_without_journal(
+            [
+                ("key", key is not None),
+                ("output", output is not None),
+                ("retry_failed", retry_failed),
+                ("force", force),
+            ],
+            "journal=PATH (a file that records which items are done, so that the same call "
+            "made again resumes)",
         )
 
 
