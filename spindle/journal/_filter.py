@@ -173,10 +173,6 @@ class _Tables:
         self.size = sum(t.size for t in self._tables)
         return found
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.rows.nbytes for t in self._tables)
-
 
 def _bits_for(capacity: int) -> int:
     bits = 6
