@@ -489,20 +489,6 @@ class _SlowPath(Exception):
     """A batch needs keying one input at a time (see :meth:`Claimer.claimed`)."""
 
 
-def _record_results(
-    results: Results,
-    journal: Journal,
-    keys: Callable[[list[Any]], list[Key]],
-    outcome: RunOutcome,
-    batch: int,
-    shape: RecordShape = MAP_SHAPE,
-) -> None:
-    """The caller's side: record each ``(input, result)`` under its key, in batches of
-    ``batch``, or sooner when results come slowly (:data:`RECORD_DELAY`)."""
-    for _ in recorded(results, journal, keys, outcome, batch, shape, hand_out=False):
-        pass
-
-
 def recorded(
     results: Results,
     journal: Journal,
@@ -520,7 +506,8 @@ def recorded(
     its items unrecorded, so a resumed run gives them again (at least once). Records go
     to the journal in batches of ``batch``, or sooner when results come slowly
     (:data:`RECORD_DELAY`); when the generator is closed, what it holds is recorded
-    before it returns.
+    before it returns. Without ``hand_out`` it yields nothing: iterating it records
+    every result.
     """
     first, second = itemgetter(0), itemgetter(1)
     as_record, as_failure = shape.result, shape.failure
@@ -619,7 +606,12 @@ def _drive(
     try:
         try:
             with guard if guard is not None else contextlib.nullcontext():
-                _record_results(results, journal, claimer.keys_of, outcome, batch, shape)
+                # The caller's side: nobody takes the results but the journal.
+                chunks = recorded(
+                    results, journal, claimer.keys_of, outcome, batch, shape, hand_out=False
+                )
+                for _ in chunks:
+                    pass
         except KeyboardInterrupt:
             if signals is None:
                 raise

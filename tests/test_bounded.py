@@ -64,6 +64,26 @@ def test_a_slow_consumer_makes_the_source_wait() -> None:
     assert source.drawn <= 1000 + pipeline.bound()
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_journaled_run_holds_at_most_the_bound_plus_one_claimed_chunk(
+    tmp_path: Path, ordered: bool
+) -> None:
+    """A journal claims a chunk of the input at a time (up to MAX_CHUNK items) before the
+    pipeline takes it: that, and no more, comes on top of the pipeline's bound."""
+    from spindle._journaled import MAX_CHUNK
+
+    source = Counted(100_000)
+    pipeline = spindle.Pipeline([spindle.thread(jobs.square, workers=4)], ordered=ordered)
+    limit = pipeline.bound() + MAX_CHUNK
+    assert limit < source.n // 2
+    consumed = worst = 0
+    for _ in pipeline.run(source, journal=tmp_path / "j.db"):
+        consumed += 1
+        worst = max(worst, source.drawn - consumed)
+    assert consumed == source.n
+    assert worst <= limit, (worst, limit)
+
+
 RSS_SCRIPT = textwrap.dedent(
     """
     import resource, sys

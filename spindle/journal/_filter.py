@@ -214,7 +214,7 @@ class KeyFilter:
         end, if the caller has checked that they are digests (:func:`digest_blob`)."""
         fps = _fingerprints(keys, blob)
         if fps is None or self._filters:
-            maybe = self.maybe(keys)
+            maybe = self.maybe(keys, blob)
             self.add(keys)
             if len(set(keys)) != len(keys):
                 first: dict[Hashable, int] = {}
@@ -233,9 +233,10 @@ class KeyFilter:
         indexes: list[int] = np.flatnonzero(found).tolist()
         return indexes
 
-    def maybe(self, keys: Sequence[Hashable]) -> list[int]:
-        """Indexes of the keys that may have been added (the others certainly were not)."""
-        fps = _fingerprints(keys)
+    def maybe(self, keys: Sequence[Hashable], blob: bytes | None = None) -> list[int]:
+        """Indexes of the keys that may have been added (the others certainly were not).
+        ``blob``: as for :meth:`maybe_add`."""
+        fps = _fingerprints(keys, blob)
         hits: list[bool] | None = None
         if fps is not None:
             if self._table.size:

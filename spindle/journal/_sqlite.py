@@ -750,7 +750,8 @@ class SqliteJournal(Journal):
         blob = digest_blob(keys)
         if claim and blob is None:
             self._digests_only = False
-        maybe = self._filter.maybe_add(keys, blob) if add_all else self._filter.maybe(keys)
+        filter_ = self._filter
+        maybe = filter_.maybe_add(keys, blob) if add_all else filter_.maybe(keys, blob)
         # The usual case, decided with no Python per key: new to this run (the filter
         # has every key claimed, so none is in flight), to the journal, and to the batch
         # (maybe_add names repeats within it; without it, a set tells).

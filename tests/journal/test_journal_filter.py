@@ -104,7 +104,7 @@ def test_false_positives_of_the_filter_cost_a_scan_not_an_index(
 
 def always_maybe(monkeypatch: pytest.MonkeyPatch) -> None:
     """A filter that rules nothing out, when looking and when claiming."""
-    monkeypatch.setattr(KeyFilter, "maybe", lambda self, keys: list(range(len(keys))))
+    monkeypatch.setattr(KeyFilter, "maybe", lambda self, keys, blob=None: list(range(len(keys))))
     monkeypatch.setattr(
         KeyFilter, "maybe_add", lambda self, keys, blob=None: list(range(len(keys)))
     )
