@@ -54,8 +54,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import compress, islice, repeat, starmap
-from operator import is_, itemgetter
+from itertools import compress, islice, repeat
+from operator import is_
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -498,10 +498,11 @@ def recorded(
     shape: RecordShape = MAP_SHAPE,
     *,
     hand_out: bool = True,
-) -> Generator[list[tuple[Any, Any]], None, None]:
-    """Record each ``(input, result)`` of ``results`` under its key.
+) -> Generator[tuple[list[Any], list[Any]], None, None]:
+    """Record each result of ``results`` (a run ``with_inputs``) under its input's key.
 
-    With ``hand_out``, each chunk is first yielded, and recorded only when the caller
+    With ``hand_out``, each chunk is first yielded, as ``(inputs, results)``, and
+    recorded only when the caller
     asks for the next one: a caller that stops or fails while handling a chunk leaves
     its items unrecorded, so a resumed run gives them again (at least once). Records go
     to the journal in batches of ``batch``, or sooner when results come slowly
@@ -509,7 +510,6 @@ def recorded(
     before it returns. Without ``hand_out`` it yields nothing: iterating it records
     every result.
     """
-    first, second = itemgetter(0), itemgetter(1)
     as_record, as_failure = shape.result, shape.failure
     build = journal.keeps_payloads  # else a done item's record goes nowhere: not built
     record = journal.record
@@ -520,25 +520,25 @@ def recorded(
     done = failed = 0
     due = clock() + RECORD_DELAY
     try:
-        for chunk in results.chunks():
+        for inputs, values in results.chunks_with_inputs():
             if hand_out:
-                yield chunk
-            inputs = list(map(first, chunk))
+                yield inputs, values
             chunk_keys = keys(inputs)
             # Records go to the journal in the order of their chunks, so that an ordered
             # run's keys leave the journal's claims from the front (no lookups).
-            if Failure not in map(type, map(second, chunk)):  # the usual chunk: all done
+            if Failure not in map(type, values):  # the usual chunk: all done
                 if pending:
                     out, pending = pending, []
                     record(out)
                 done_keys += chunk_keys
-                done_payloads += starmap(as_record, chunk) if build else repeat(None, len(chunk))
-                done += len(chunk)
+                n = len(values)
+                done_payloads += map(as_record, inputs, values) if build else repeat(None, n)
+                done += n
             else:
                 if done_keys:
                     journal.record_done(done_keys, done_payloads)
                     done_keys, done_payloads = [], []
-                for key, (item, value) in zip(chunk_keys, chunk, strict=True):
+                for key, item, value in zip(chunk_keys, inputs, values, strict=True):
                     if type(value) is Failure:
                         value = as_failure(value, item)
                         payload = value.to_dict()

@@ -345,24 +345,25 @@ class RecordWriter:
         self._write(self._out, data, self.path)
         self.written += 1
 
-    def results(self, pairs: list[tuple[Any, Any]]) -> None:
-        """Write ``(input, result)`` pairs, none of them a failure: one write for all."""
+    def results(self, inputs: list[Any], values: list[Any]) -> None:
+        """Write the results ``values`` of ``inputs``, none of them a failure: one write
+        for all."""
         record = self.record
         try:
             lines = [
                 v
                 if type(v) is JsonLine
                 else orjson.dumps(record(i, v), default=_default, option=_OPTS)
-                for i, v in pairs
+                for i, v in zip(inputs, values, strict=True)
             ]
         except TypeError:  # one of them cannot be written: each on its own
-            for i, v in pairs:
+            for i, v in zip(inputs, values, strict=True):
                 self.result(i, v)
             return
         # No joined copy: with large records (fetched pages) it would double the bytes
         # moved; the buffered file gathers small lines by itself.
         self._write(self._out, lines, self.path)
-        self.written += len(pairs)
+        self.written += len(values)
 
     def failure(self, failure: Failure, item: Any) -> None:
         if self._failures is None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from itertools import chain
-from operator import itemgetter
 from typing import Any
 
 from ._core.pipeline import ChunkedSource, Pipeline, Results, Service
@@ -50,8 +49,6 @@ from .journal import SqliteJournal
 from .observe.report import to_json
 
 __all__ = ["JournaledResults", "check_journal_arguments"]
-
-_values = itemgetter(1)
 
 
 def check_journal_arguments(
@@ -155,7 +152,7 @@ class JournaledResults(Results):
 
 
 def _hand_out(
-    chunks: Generator[list[tuple[Any, Any]], None, None],
+    chunks: Generator[tuple[list[Any], list[Any]], None, None],
     results: Results,
     journal: SqliteJournal,
     outcome: RunOutcome,
@@ -167,21 +164,24 @@ def _hand_out(
     with ``raise_errors``, which is then raised. Closes everything when it ends."""
     try:
         yield []  # started: see JournaledResults.__init__
-        for chunk in chunks:
-            values = list(map(_values, chunk))
+        for inputs, values in chunks:
             if raise_errors and Failure in map(type, values):
                 first = list(map(type, values)).index(Failure)
                 if first:
-                    yield chunk[:first] if with_inputs else values[:first]
+                    yield _out(inputs[:first], values[:first], with_inputs)
                 failure: Failure = values[first]
                 raise failure.to_exception()
-            yield chunk if with_inputs else values
+            yield _out(inputs, values, with_inputs)
     finally:
         _finish(chunks, results, journal)
         stats = journal.stats()
         outcome.skipped_done = stats.skipped_done
         outcome.skipped_duplicate = stats.skipped_duplicate
         outcome.not_started = results.not_started
+
+
+def _out(inputs: list[Any], values: list[Any], with_inputs: bool) -> list[Any]:
+    return list(zip(inputs, values, strict=True)) if with_inputs else values
 
 
 def _finish(gen: Generator[Any, None, None], results: Results, journal: SqliteJournal) -> None:

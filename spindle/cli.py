@@ -285,17 +285,17 @@ def _drive(
     stopped_at_once = False
     try:
         with signals, writer:
-            for chunk in results.chunks():
-                if Failure not in map(type, [pair[1] for pair in chunk]):
-                    writer.results(chunk)
+            for inputs, values in results.chunks_with_inputs():
+                if Failure not in map(type, values):
+                    writer.results(inputs, values)
                 else:
-                    for item, value in chunk:
+                    for item, value in zip(inputs, values, strict=True):
                         if type(value) is Failure:
                             writer.failure(value, item)
                             summary.failed += 1
                         else:
                             writer.result(item, value)
-                summary.done += len(chunk)
+                summary.done += len(values)
     except KeyboardInterrupt:
         stopped_at_once = True
     except SpindleError as exc:

@@ -70,10 +70,10 @@ def test_a_failed_write_comes_back_as_write_failed_and_stops_the_writer(tmp_path
 
     writer = FetchWriter(str(tmp_path / "out.jsonl"))
     try:
-        writer.results([("http://a/", WRITTEN), ("http://b/", WRITTEN)])
+        writer.results(["http://a/", "http://b/"], [WRITTEN, WRITTEN])
         assert writer.written == 2
         with pytest.raises(OutputError, match="No such file or directory"):
-            writer.results([("http://c/", WRITTEN), ("http://d/", value)])
+            writer.results(["http://c/", "http://d/"], [WRITTEN, value])
     finally:
         writer.close()
 

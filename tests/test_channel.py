@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 
@@ -180,3 +181,57 @@ def test_no_lost_wakeup_under_constant_thread_switches(capacity: int) -> None:
     finally:
         sys.setswitchinterval(old)
     assert got == n
+
+
+def test_a_tagged_channel_keeps_tags_in_step_through_cuts_and_merges() -> None:
+    async def main() -> list[tuple[list[int], list[Any] | None]]:
+        ch: Channel[int] = Channel(100, tagged=True)
+        await ch.put([1, 2, 3])  # their own tags
+        await ch.put([4, 5], ["d", "e"])
+        await ch.put([6])
+        await ch.put([7, 8], ["g", "h"])
+        await ch.put([9])
+        got = [await ch.get_tagged(2)]  # a cut of a self-tagged chunk
+        got.append(await ch.get_tagged(3))  # its rest, merged with an explicit chunk
+        got.append(await ch.get_tagged(1))  # a whole self-tagged chunk
+        got.append(await ch.get_tagged(1))  # a cut of an explicit chunk
+        got.append(await ch.get_tagged(10))  # its rest, merged with a self-tagged one
+        ch.close()
+        got.append(await ch.get_tagged(10))
+        return got
+
+    assert asyncio.run(main()) == [
+        ([1, 2], None),
+        ([3, 4, 5], [3, "d", "e"]),
+        ([6], None),
+        ([7], ["g"]),
+        ([8, 9], ["h", 9]),
+        ([], None),
+    ]
+
+
+def test_tagged_chunks_blocking_pairs_each_chunk_with_its_tags() -> None:
+    async def fill(ch: Channel[int]) -> list[int]:
+        await ch.put([1, 2, 3], ["a", "b", "c"])
+        await ch.put([4])
+        head = await ch.get(1)  # the rest of the first chunk is read from an offset
+        await ch.put([5, 6], ["e", "f"])
+        return head
+
+    ch: Channel[int] = Channel(100, tagged=True)
+    assert asyncio.run(fill(ch)) == [1]
+    assert ch.get_tagged_chunks_blocking() == [
+        ([2, 3], ["b", "c"]),
+        ([4], [4]),
+        ([5, 6], ["e", "f"]),
+    ]
+    ch.close()
+    assert ch.get_tagged_chunks_blocking() == []
+
+
+def test_discarding_a_tagged_channel_leaves_no_tags_behind() -> None:
+    ch: Channel[int] = Channel(100, tagged=True)
+    ch.put_blocking([1, 2], ["a", "b"])
+    ch.put_blocking([3])
+    assert ch.discard() == 3
+    assert not ch._tags

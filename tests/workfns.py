@@ -42,6 +42,12 @@ def repeat(x: int) -> Iterator[int]:
     yield from [x] * (x % 4)
 
 
+def tens(x: int) -> Iterator[int]:
+    """A flat map: two outputs per input, each of which tells its input (// 10)."""
+    yield x * 10
+    yield x * 10 + 1
+
+
 async def arepeat(x: int) -> AsyncIterator[int]:
     for _ in range(x % 4):
         await asyncio.sleep(0)

@@ -13,6 +13,11 @@ blocks while there is room, a get never blocks while there is an item. The capac
 never "unbounded": a full channel makes its producer wait (backpressure), and that is
 how a slow stage slows the source down.
 
+A tagged channel carries, beside each chunk, the list of its items' tags (a run with
+``with_inputs`` tags every value with the input it came from), or ``None`` when the
+items are their own tags (the source's chunks). Tags travel as lists in step with the
+values: no tuple per item is made, taken apart or collected.
+
 Thread-safety relies on the GIL making ``deque.append``/``popleft`` atomic, plus the
 usual register-then-recheck protocol under ``_lock`` for sleeping: a party that is
 about to sleep first registers its waiter and then looks again, and the other party
@@ -95,14 +100,21 @@ class Channel(Generic[T]):
     One producer thread and one consumer thread at a time (any number of coroutines
     on one loop count as one thread): the size is ``total_in - total_out``, each
     counter written by one side only.
+
+    With ``tagged``, each put gives the chunk's tags too (``None``: the items are their
+    own tags), and the tagged gets return them: :meth:`get_tagged` and
+    :meth:`get_tagged_chunks_blocking`. A producer appends the tags before the chunk,
+    and a consumer looks only at the chunks, so it never finds a chunk without its tags.
     """
 
-    def __init__(self, capacity: int, name: str = "") -> None:
+    def __init__(self, capacity: int, name: str = "", *, tagged: bool = False) -> None:
         if capacity < 1:
             raise ValueError(f"channel capacity must be >= 1, got {capacity}")
         self.capacity = capacity
         self.name = name
         self._chunks: deque[list[T]] = deque()
+        self.tagged = tagged
+        self._tags: deque[list[Any] | None] = deque()  # in step with _chunks, if tagged
         self._pos = 0  # items of the head chunk already taken
         self._lock = threading.Lock()
         self._getters: deque[_Waiter] = deque()
@@ -145,7 +157,9 @@ class Channel(Generic[T]):
         (a cross-thread wake-up costs more than moving many items)."""
         self._coalesce_loop = loop
 
-    def _push(self, items: list[T]) -> None:
+    def _push(self, items: list[T], tags: list[Any] | None) -> None:
+        if self.tagged:
+            self._tags.append(tags)  # first: a consumer that sees the chunk finds its tags
         self._chunks.append(items)
         self.total_in += len(items)
         if self._getters:
@@ -158,15 +172,16 @@ class Channel(Generic[T]):
         if self._putters and self._has_room():
             self._wake(self._putters)  # room is left for another waiting producer
 
-    async def put(self, items: list[T]) -> None:
-        """Add ``items``, waiting for room; raises :class:`ChannelClosed` if closed."""
+    async def put(self, items: list[T], tags: list[Any] | None = None) -> None:
+        """Add ``items`` (with their ``tags``, if tagged), waiting for room; raises
+        :class:`ChannelClosed` if closed."""
         if not items:
             return
         while True:
             if self._closed:
                 raise ChannelClosed(self.name)
             if self._fits(len(items)):
-                self._push(items)
+                self._push(items, tags)
                 return
             loop = asyncio.get_running_loop()
             waiter = self._register(self._putters, loop, lambda: self._fits(len(items)))
@@ -176,7 +191,7 @@ class Channel(Generic[T]):
                 finally:
                     self._unregister(self._putters, waiter)
 
-    def put_blocking(self, items: list[T]) -> None:
+    def put_blocking(self, items: list[T], tags: list[Any] | None = None) -> None:
         """Thread-side put; raises :class:`ChannelClosed` if the channel closes."""
         if not items:
             return
@@ -184,7 +199,7 @@ class Channel(Generic[T]):
             if self._closed:
                 raise ChannelClosed(self.name)
             if self._fits(len(items)):
-                self._push(items)
+                self._push(items, tags)
                 return
             waiter = self._register(self._putters, None, lambda: self._fits(len(items)))
             if waiter is not None:
@@ -221,34 +236,64 @@ class Channel(Generic[T]):
         self._pos = 0
         while self._chunks:
             n += len(self._chunks.popleft())
+            if self.tagged:
+                self._tags.popleft()
         self.total_out += n
         self.close()
         return n
 
     # -- consumer side -------------------------------------------------------------
 
-    def _take(self, max_n: int) -> list[T]:
+    def _take(self, max_n: int) -> tuple[list[T], list[Any] | None]:
         # The head chunk is read through an offset (``_pos``), so taking one item at a
         # time from a long chunk costs O(1), not a copy of the rest of it.
         chunks = self._chunks
         first = chunks[0]
         pos = self._pos
         left = len(first) - pos
+        tagged = self.tagged
+        tags: list[Any] | None = None
         if left > max_n:
-            out = first[pos : pos + max_n]
-            self._pos = pos + max_n
+            stop = pos + max_n
+            out = first[pos:stop]
+            self._pos = stop
+            if tagged and (head := self._tags[0]) is not None:
+                tags = head[pos:stop]
         else:
             out = first[pos:] if pos else first
             chunks.popleft()
             self._pos = 0
+            if tagged and (head := self._tags.popleft()) is not None:
+                tags = head[pos:] if pos else head
             if chunks and len(out) + len(chunks[0]) <= max_n:
                 if out is first:
                     out = list(first)  # a fresh list: the producer's chunks stay untouched
-                while chunks and len(out) + len(chunks[0]) <= max_n:
-                    out.extend(chunks.popleft())
+                if tagged:
+                    out, tags = self._merge_tagged(out, tags, max_n)
+                else:
+                    while chunks and len(out) + len(chunks[0]) <= max_n:
+                        out.extend(chunks.popleft())
         self.total_out += len(out)
         self._after_take()
-        return out
+        return out, tags
+
+    def _merge_tagged(
+        self, out: list[T], tags: list[Any] | None, max_n: int
+    ) -> tuple[list[T], list[Any] | None]:
+        """Extend ``out`` (a fresh list) and its ``tags`` with the next whole chunks and
+        theirs, up to ``max_n`` items. The tags stay ``None`` while every chunk's are."""
+        chunks, tag_chunks = self._chunks, self._tags
+        if tags is not None:
+            tags = list(tags)  # a fresh list too
+        while chunks and len(out) + len(chunks[0]) <= max_n:
+            more = chunks.popleft()
+            more_tags = tag_chunks.popleft()
+            if tags is None and more_tags is not None:
+                tags = list(out)  # the items so far were their own tags
+            if tags is not None:
+                tags.extend(more if more_tags is None else more_tags)
+            out.extend(more)
+        return out, tags
 
     def _take_chunks(self) -> list[list[T]]:
         chunks = self._chunks
@@ -257,6 +302,25 @@ class Channel(Generic[T]):
             out[0] = out[0][self._pos :]
             self._pos = 0
         self.total_out += sum(map(len, out))
+        self._after_take()
+        return out
+
+    def _take_tagged_chunks(self) -> list[tuple[list[T], list[Any]]]:
+        chunks, tag_chunks = self._chunks, self._tags
+        pos = self._pos
+        out: list[tuple[list[T], list[Any]]] = []
+        n = 0
+        for _ in range(len(chunks)):
+            chunk = chunks.popleft()
+            tags = tag_chunks.popleft()
+            if pos:
+                chunk = chunk[pos:]
+                tags = None if tags is None else tags[pos:]
+                pos = 0
+            out.append((chunk, chunk if tags is None else tags))
+            n += len(chunk)
+        self._pos = 0
+        self.total_out += n
         self._after_take()
         return out
 
@@ -274,12 +338,17 @@ class Channel(Generic[T]):
 
         Raises the error given to :meth:`close`, if any, once the items are drained.
         """
+        return (await self.get_tagged(max_n))[0]
+
+    async def get_tagged(self, max_n: int) -> tuple[list[T], list[Any] | None]:
+        """:meth:`get`, with the items' tags: ``None`` if the items are their own tags
+        (or the channel is not tagged)."""
         loop: asyncio.AbstractEventLoop | None = None
         while True:
             if self._chunks:
                 return self._take(max_n)
             if self._closed:
-                return self._end()
+                return self._end(), None
             if loop is None:
                 loop = asyncio.get_running_loop()
             waiter = self._register(self._getters, loop, lambda: bool(self._chunks))
@@ -311,12 +380,40 @@ class Channel(Generic[T]):
                 return self._take_chunks()
             if self._closed:
                 return self._end()
-            waiter = self._register(self._getters, None, lambda: bool(self._chunks))
+            self._wait_blocking()
+
+    def get_tagged_chunks_blocking(self) -> list[tuple[list[T], list[Any]]]:
+        """Thread-side: every chunk queued (at least one) with its tags, as
+        ``(chunk, tags)``; ``[]`` once closed and empty."""
+        while True:
+            if self._chunks:
+                return self._take_tagged_chunks()
+            if self._closed:
+                return self._end()
+            self._wait_blocking()
+
+    async def get_tagged_chunks(self) -> list[tuple[list[T], list[Any]]]:
+        """:meth:`get_tagged_chunks_blocking`, on the event loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._chunks:
+                return self._take_tagged_chunks()
+            if self._closed:
+                return self._end()
+            waiter = self._register(self._getters, loop, lambda: bool(self._chunks))
             if waiter is not None:
                 try:
-                    waiter.wait_blocking(None)
+                    await waiter.wait()
                 finally:
                     self._unregister(self._getters, waiter)
+
+    def _wait_blocking(self) -> None:
+        waiter = self._register(self._getters, None, lambda: bool(self._chunks))
+        if waiter is not None:
+            try:
+                waiter.wait_blocking(None)
+            finally:
+                self._unregister(self._getters, waiter)
 
     def _end(self) -> list[Any]:
         if self._error is not None:

@@ -202,9 +202,11 @@ class Results(Iterator[Any]):
 
     def __init__(self, ex: _Execution) -> None:
         self._ex = ex
-        # The run yields lists of results; chain walks each list in C, so the per-item
+        # The run yields lists of results (with inputs: pairs of lists, inputs and
+        # results, zipped here into pairs); chain walks each list in C, so the per-item
         # step of iterating costs no generator frame.
-        self._gen: Generator[list[Any], None, None] = ex.iterate()
+        self._run: Generator[Any, None, None] = ex.iterate()
+        self._gen: Generator[list[Any], None, None] = _pairs(self._run) if ex.tagged else self._run
         self._items: Iterator[Any] = chain.from_iterable(self._gen)
 
     def __iter__(self) -> Iterator[Any]:
@@ -224,8 +226,23 @@ class Results(Iterator[Any]):
             raise RuntimeError("chunks() must be called before the first result is taken")
         return self._gen
 
+    def chunks_with_inputs(self) -> Iterator[tuple[list[Any], list[Any]]]:
+        """A run ``with_inputs``: its results as ``(inputs, results)``, two lists of the
+        same length, as they arrive. For consumers that take the inputs and the results
+        apart anyway: no pair is built per item. Call it before taking any result."""
+        if not self._ex.tagged:
+            raise RuntimeError("chunks_with_inputs() needs a run with with_inputs=True")
+        if inspect.getgeneratorstate(self._run) != inspect.GEN_CREATED or (
+            inspect.getgeneratorstate(self._gen) != inspect.GEN_CREATED
+        ):
+            raise RuntimeError(
+                "chunks_with_inputs() must be called before the first result is taken"
+            )
+        return self._run
+
     def close(self) -> None:
         self._gen.close()
+        self._run.close()
 
     def __enter__(self) -> Results:
         return self
@@ -273,9 +290,9 @@ class _Execution:
         self.status = "running"
         stages = pipeline.stages
         self.channels: list[Channel[Any]] = [
-            Channel(s.input_buffer, name=f"{s.name}.in") for s in stages
+            Channel(s.input_buffer, name=f"{s.name}.in", tagged=with_inputs) for s in stages
         ]
-        self.out: Channel[Any] = Channel(pipeline.buffer, name="out")
+        self.out: Channel[Any] = Channel(pipeline.buffer, name="out", tagged=with_inputs)
         self.executors: list[Executor] = [s.make_executor() for s in stages]
         self.runners: list[StageRunner] = []
         for i, (stage, ex) in enumerate(zip(stages, self.executors, strict=True)):
@@ -343,10 +360,7 @@ class _Execution:
                 self.drawn = _feed_chunks(channel, iterable, self)
                 channel.close()
                 return
-            it = iter(iterable)
-            if self.tagged:  # a Failure from the source (a malformed line) keeps its input
-                it = ((x.item if type(x) is Failure else x, x) for x in it)
-            self.drawn = _feed(channel, it, self)
+            self.drawn = _feed(channel, iter(iterable), self)
         except ChannelClosed:
             return
         except BaseException as exc:  # the user's iterable raised: stop the run with it
@@ -358,7 +372,7 @@ class _Execution:
         channel = self.channels[0]
         try:
             async for x in iterable:
-                await channel.put([(x, x)] if self.tagged else [x])
+                await channel.put([x])
                 self.drawn += 1
         except ChannelClosed:
             return
@@ -454,8 +468,9 @@ class _Execution:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
-    def iterate(self) -> Generator[list[Any], None, None]:
-        """The results, a list at a time; the run stops when this generator is closed."""
+    def iterate(self) -> Generator[Any, None, None]:
+        """The results, a list at a time (with inputs: ``(inputs, results)`` lists); the
+        run stops when this generator is closed."""
         if isinstance(self.items, AsyncIterable) and not isinstance(self.items, Iterable):
             raise ConfigError("run() takes a synchronous iterable; use arun() for an async one")
         started = completed = False
@@ -472,10 +487,13 @@ class _Execution:
             )
             self.source_thread.start()
             out = self.out
-            while chunks := out.get_chunks_blocking():
-                # Everything that arrived during one wait goes as one list: a consumer
-                # writing a list at a time then writes once per wake-up, not per chunk.
-                yield chunks[0] if len(chunks) == 1 else list(chain.from_iterable(chunks))
+            if self.tagged:
+                yield from _tagged_chunks(out)
+            else:
+                while chunks := out.get_chunks_blocking():
+                    # Everything that arrived during one wait goes as one list: a consumer
+                    # writing a list at a time then writes once per wake-up, not per chunk.
+                    yield chunks[0] if len(chunks) == 1 else list(chain.from_iterable(chunks))
             completed = True
         finally:
             self._stop_sync(started, completed)
@@ -519,10 +537,16 @@ class _Execution:
             self.source_thread.start()
         try:
             out = self.out
-            while chunks := await out.get_chunks():
-                for chunk in chunks:
-                    for x in chunk:
-                        yield x
+            if self.tagged:
+                while tagged := await out.get_tagged_chunks():
+                    for chunk, inputs in tagged:
+                        for pair in zip(inputs, chunk, strict=True):
+                            yield pair
+            else:
+                while chunks := await out.get_chunks():
+                    for chunk in chunks:
+                        for x in chunk:
+                            yield x
             completed = True
         finally:
             if not main.done() and not completed:
@@ -552,23 +576,59 @@ def _feed(channel: Channel[Any], it: Iterator[Any], ex: _Execution) -> int:
     n = 0
     if isinstance(it, _IN_MEMORY):
         put = channel.put_blocking
+        tagged = channel.tagged
         while chunk := list(islice(it, _SOURCE_CHUNK)):
-            put(chunk)
+            put(chunk, _source_tags(chunk) if tagged else None)
             n += len(chunk)
             ex.drawn = n
         return n
-    chunks = channel._chunks
-    append = chunks.append
+    append = channel._chunks.append
+    # A tagged channel takes each chunk's tags first: None, the item is its own input,
+    # except a Failure from the source (a malformed line), which keeps its input.
+    tag = channel._tags.append if channel.tagged else None
     for n, item in enumerate(it, 1):
         # Inline fast path of put_blocking([item]) (see spindle._core.channel).
         if channel.total_in - channel.total_out >= channel.capacity:
             ex.drawn = n - 1
             channel.wait_room_blocking()  # raises ChannelClosed when the run stops
+        if tag is not None:
+            tag([item.item] if type(item) is Failure else None)
         append([item])
         channel.total_in += 1
         if channel._getters:
             channel._wake(channel._getters)
     return n
+
+
+def _source_tags(chunk: list[Any]) -> list[Any] | None:
+    """The inputs of a chunk of the source: None (each item is its own), unless it holds
+    a Failure (a malformed line), whose input is the item it failed on."""
+    if Failure not in map(type, chunk):
+        return None
+    return [x.item if type(x) is Failure else x for x in chunk]
+
+
+def _tagged_chunks(out: Channel[Any]) -> Iterator[tuple[list[Any], list[Any]]]:
+    """The output of a tagged run as ``(inputs, results)`` lists, everything that
+    arrived during one wait as one pair of lists."""
+    while tagged := out.get_tagged_chunks_blocking():
+        if len(tagged) == 1:
+            results, inputs = tagged[0]
+            yield inputs, results
+        else:
+            yield (
+                list(chain.from_iterable(t for _, t in tagged)),
+                list(chain.from_iterable(c for c, _ in tagged)),
+            )
+
+
+def _pairs(columns: Generator[Any, None, None]) -> Generator[list[Any], None, None]:
+    """``(input, result)`` pairs, a list at a time, of a tagged run's columns."""
+    try:
+        for inputs, results in columns:
+            yield list(zip(inputs, results, strict=True))
+    finally:
+        columns.close()
 
 
 class ChunkedSource:
@@ -595,12 +655,7 @@ def _feed_chunks(channel: Channel[Any], source: ChunkedSource, ex: _Execution) -
     for chunk in source.chunks:
         if not chunk:
             continue
-        if tagged:  # (input, item) pairs; a Failure (a malformed line) keeps its input
-            if Failure in map(type, chunk):
-                chunk = [(x.item if type(x) is Failure else x, x) for x in chunk]
-            else:
-                chunk = list(zip(chunk, chunk, strict=True))
-        put(chunk)
+        put(chunk, _source_tags(chunk) if tagged else None)
         n += len(chunk)
         ex.drawn = n
     return n

@@ -21,6 +21,10 @@ once; a retry task waits out the backoff (holding nothing), takes an execution
 add concurrency), runs the item again, and delivers the ticket when every retried
 item of it has succeeded or given up.
 
+Tags (a run ``with_inputs``): the input channel gives each batch's inputs as a list
+beside the values, and the results leave with the same list (a flat stage repeats an
+input's tag for each of its outputs); no pairs are built per item.
+
 A :class:`~spindle.Failure` arriving from an earlier stage passes through untouched,
 in its place. When ``stop_at_failure`` is set (the last stage, with
 ``on_error="raise"``), the emitter puts out the results before the first failure and
@@ -33,6 +37,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 from .._failure import Failure, short_repr
@@ -40,6 +45,10 @@ from ..executors.base import Executor, Outcome
 from ..observe.histogram import LatencyHistogram
 from .channel import Channel
 from .stage import Stage, StageStats
+
+#: A ticket's results ready to leave: (results, the inputs they came from when the run
+#: is tagged, else None, how many results are failures).
+_Ready = tuple[list[Any], list[Any] | None, int]
 
 
 class StageRunner:
@@ -66,8 +75,9 @@ class StageRunner:
         self.flat = stage.flat
         self._issued = 0
         self._emitted = 0
-        self._ready: dict[int, tuple[list[Any], int]] = {}
-        self._ready_fifo: deque[tuple[list[Any], int]] = deque()
+        # Results ready to leave, per ticket: (results, their tags or None, failures).
+        self._ready: dict[int, _Ready] = {}
+        self._ready_fifo: deque[_Ready] = deque()
         self._emitter_wake: asyncio.Future[None] | None = None
         self._room_waiters: list[asyncio.Future[None]] = []
         self._slots_left = 0
@@ -141,18 +151,15 @@ class StageRunner:
                 fut = asyncio.get_running_loop().create_future()
                 self._room_waiters.append(fut)
                 await fut
-            items = await inp.get(ex.batch_size())
-            if not items:
+            values, tags = await inp.get_tagged(ex.batch_size())
+            if not values:
                 return
             ticket = self._issued  # taken together with the items: ticket order = input order
             self._issued += 1
-            n = len(items)
+            n = len(values)
             self.in_flight += n
-            if self.tagged:
-                tags: list[Any] | None = [t for t, _ in items]
-                values = [v for _, v in items]
-            else:
-                tags, values = None, items
+            if self.tagged and tags is None:  # the source's items: their own inputs
+                tags = values
             try:
                 outcome = await self._execute(values)
             finally:
@@ -331,30 +338,27 @@ class StageRunner:
         results, failures = outcome.results, outcome.failures
         if failures:
             self._note_failures(results)
+        outs, out_tags = results, tags
         if self.flat:
-            outs: list[Any] = []
-            if tags is None:
-                for r in results:
-                    if type(r) is Failure:
-                        outs.append(r)
-                    else:
-                        outs.extend(r)
-            else:
+            outs = []
+            for r in results:
+                if type(r) is Failure:
+                    outs.append(r)
+                else:
+                    outs.extend(r)
+            if tags is not None:  # each output keeps the tag of the input it came from
+                out_tags = []
                 for tag, r in zip(tags, results, strict=True):
                     if type(r) is Failure:
-                        outs.append((tag, r))
+                        out_tags.append(tag)
                     else:
-                        outs.extend([(tag, y) for y in r])
-        elif tags is not None:
-            outs = list(zip(tags, results, strict=True))
-        else:
-            outs = results
+                        out_tags += repeat(tag, len(r))
         if self.ordered:
-            self._ready[ticket] = (outs, failures)
+            self._ready[ticket] = (outs, out_tags, failures)
             if ticket == self._emitted:
                 self._wake_emitter()
         else:
-            self._ready_fifo.append((outs, failures))
+            self._ready_fifo.append((outs, out_tags, failures))
             self._wake_emitter()
 
     # -- emitter -------------------------------------------------------------------
@@ -364,23 +368,23 @@ class StageRunner:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    def _collect(self) -> tuple[list[list[Any]], int]:
+    def _collect(self) -> tuple[list[_Ready], int]:
         """Result lists ready to leave, in order, and how many have failures."""
-        chunks: list[list[Any]] = []
+        chunks: list[_Ready] = []
         failures = 0
         if self.ordered:
             ready, nxt = self._ready, self._emitted
             while nxt in ready:
-                outs, f = ready.pop(nxt)
-                chunks.append(outs)
-                failures += f
+                entry = ready.pop(nxt)
+                chunks.append(entry)
+                failures += entry[2]
                 nxt += 1
         else:
             fifo = self._ready_fifo
             while fifo:
-                outs, f = fifo.popleft()
-                chunks.append(outs)
-                failures += f
+                entry = fifo.popleft()
+                chunks.append(entry)
+                failures += entry[2]
         return chunks, failures
 
     async def _emit(self) -> None:
@@ -389,10 +393,10 @@ class StageRunner:
             chunks, failures = self._collect()
             if chunks:
                 if failures and self.stop_at_failure is not None:
-                    await self._emit_until_failure([x for c in chunks for x in c])
+                    await self._emit_until_failure(chunks)
                     return
-                for chunk in chunks:
-                    await self.out.put(chunk)
+                for chunk, tags, _ in chunks:
+                    await self.out.put(chunk, tags)
                     # Counted as emitted only once out: until then the emitter holds
                     # it, and the window must not let new work in on its account.
                     self._emitted += 1
@@ -412,13 +416,14 @@ class StageRunner:
             await self._emitter_wake
             self._emitter_wake = None
 
-    async def _emit_until_failure(self, items: list[Any]) -> None:
+    async def _emit_until_failure(self, chunks: list[_Ready]) -> None:
         assert self.stop_at_failure is not None
-        for i, item in enumerate(items):
-            value = item[1] if self.tagged else item
+        items = [x for c, _, _ in chunks for x in c]
+        tags = [t for _, c_tags, _ in chunks for t in (c_tags or ())] if self.tagged else None
+        for i, value in enumerate(items):
             if type(value) is Failure:
                 if i:
-                    await self.out.put(items[:i])
+                    await self.out.put(items[:i], tags[:i] if tags is not None else None)
                 self.out.close(value.to_exception())
                 self.stop_at_failure(value)
                 return

@@ -243,10 +243,12 @@ def test_ctrl_c_closes_the_journal_and_the_same_call_finishes(tmp_path: Path) ->
         proc.wait()
     assert proc.returncode == -signal.SIGINT  # KeyboardInterrupt, re-raised by Python
     taken = int(out.split()[-1])
-    assert 600 <= taken < 700
+    assert 600 <= taken <= 700  # in order: never past item 700, which never ends
     first = states(tmp_path / "j.db")
-    assert 0 < first["done"] <= taken  # what the caller asked past, at most
-    assert first["done"] + first["pending"] >= 700  # item 700 was claimed, never done
+    # What the caller asked past, at most: the chunk it was in when the signal came is
+    # not recorded (all of its results may have come in that one chunk).
+    assert first["done"] <= taken
+    assert first["done"] + first["pending"] >= 700  # item 700 claimed, never done
     again = subprocess.run(
         [sys.executable, "child.py"], cwd=tmp_path, capture_output=True, text=True, timeout=30
     )

@@ -455,11 +455,11 @@ class FetchWriter(RecordWriter):
     def failure(self, failure: Failure, item: Any) -> None:
         super().failure(_with_reason(failure, item), item)
 
-    def results(self, pairs: list[tuple[Any, Any]]) -> None:
-        if pairs[-1][1] is WRITTEN and all(value is WRITTEN for _, value in pairs):
-            self.written += len(pairs)  # appended by the workers
+    def results(self, inputs: list[Any], values: list[Any]) -> None:
+        if values[-1] is WRITTEN and all(value is WRITTEN for value in values):
+            self.written += len(values)  # appended by the workers
             return
-        for item, value in pairs:
+        for item, value in zip(inputs, values, strict=True):
             self.result(item, value)
 
     def result(self, item: Any, value: Any) -> None:
