@@ -1,6 +1,6 @@
 """What the journal costs a `spindle map` run, and how long a resume takes.
 
-    python -m bench.journal [--quick] [--repeat N]
+    python -m bench.journal [--quick] [--repeat N] [--only tiny,async,api,resume]
 
 Each measurement runs in a fresh interpreter (``python -m bench.journal --one ...``) that
 does what ``spindle map`` does, through the same functions the command line calls: read
@@ -107,6 +107,7 @@ def run_api(job: str, kind: str, n: int, journal: Path | None) -> dict[str, Any]
     """``spindle.map(fn, range(n), journal=...)`` from Python, results taken and
     dropped: the tiny benchmark of ``python -m bench``, with and without a journal."""
     import spindle
+    import spindle._resumable  # what journal= imports: imports are not timed
 
     from . import work
 
@@ -201,7 +202,10 @@ def bench_resume(n: int, repeat: int, base: Path) -> dict[str, Any]:
 
 
 def render(
-    rows: list[dict[str, Any]], resume: dict[str, Any], repeat: int, load: tuple[float, float]
+    rows: list[dict[str, Any]],
+    resume: dict[str, Any] | None,
+    repeat: int,
+    load: tuple[float, float],
 ) -> str:
     lines = [
         f"Medians of {repeat} runs; each run in a fresh interpreter, imports excluded. "
@@ -224,6 +228,8 @@ def render(
             f"({row['n'] / row['with']:,.0f}/s) | {cost:.1f} µs | "
             f"{row['with'] / row['without']:.2f}x |"
         )
+    if resume is None:
+        return "\n".join(lines)
     lines += [
         "",
         "| resume | items | already done | seconds | items skipped per second |",
@@ -242,6 +248,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--repeat", type=int, help="runs per measurement (default 3; 1 with --quick)"
     )
+    parser.add_argument(
+        "--only",
+        help="comma-separated workloads to run (tiny, async, api, resume; default all)",
+    )
     parser.add_argument("--one", dest="workload", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     parser.add_argument("--journal", action="store_true", help=argparse.SUPPRESS)
@@ -249,6 +259,11 @@ def main(argv: list[str]) -> None:
     if args.workload:
         one(args)
         return
+    names = [*WORKLOADS, "resume"]
+    only = names if args.only is None else [w.strip() for w in args.only.split(",")]
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        parser.error(f"unknown workload {', '.join(unknown)}; choose from {', '.join(names)}")
     compile_spindle()
     repeat = args.repeat or (1 if args.quick else 3)
     load_before = os.getloadavg()[0]
@@ -257,10 +272,11 @@ def main(argv: list[str]) -> None:
         rows = [
             bench_overhead(name, quick if args.quick else full, repeat, base)
             for name, (_, _, full, quick) in WORKLOADS.items()
+            if name in only
         ]
         _, _, full, quick = WORKLOADS["tiny"]
         resume_n = quick if args.quick else full
-        resume = bench_resume(resume_n, repeat, base)
+        resume = bench_resume(resume_n, repeat, base) if "resume" in only else None
     print(render(rows, resume, repeat, (load_before, os.getloadavg()[0])))
 
 

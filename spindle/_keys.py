@@ -41,6 +41,7 @@ __all__ = [
 #: An item's key: the journal's identity of an input.
 KeyFunction = Callable[[Any], Key]
 
+_DECIMAL = b"%d"
 _SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -114,8 +115,8 @@ class ValueKey:
         kinds = set(map(type, values))
         if kinds == {str}:
             return self.text.many(values)
-        if kinds == {int}:
-            return list(map(self.digest, map(str.encode, map(str, values))))
+        if kinds == {int}:  # b"%d" % x is str(x).encode(), made as bytes at once
+            return list(map(self.digest, map(_DECIMAL.__mod__, values)))
         return list(map(self, values))
 
 

@@ -66,7 +66,8 @@ class InFlight:
         # Check first, then take: a mismatch halfway must leave everything as it was.
         for chunk in chunks:
             stop = min(len(chunk), front + n - at)
-            if not all(map(is_, islice(chunk, front, stop), islice(keys, at, None))):
+            # Slices, not islice: islice walks the ``front`` keys it skips, one by one.
+            if not all(map(is_, chunk[front:stop], keys[at : at + stop - front])):
                 return False
             at += stop - front
             front = 0

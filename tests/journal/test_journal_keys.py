@@ -25,6 +25,14 @@ def test_text_keys_of_a_batch_equal_keys_one_by_one() -> None:
     assert keys.value({"b": 1, "a": 2}) == keys.json({"a": 2, "b": 1})  # canonical JSON
 
 
+def test_int_keys_of_a_batch_equal_their_canonical_json_keys() -> None:
+    keys = keys_for(DEFAULT_SCHEME)
+    ints = [0, -1, 7, 2**63 - 1, -(2**63), 10**30, -(10**30)]  # beyond 64 bits: repr
+    assert keys.value.many(ints) == [keys.value(x) for x in ints]
+    assert keys.value.many(ints)[2] == keys.json(7) == xxhash.xxh3_128_digest(b"7")
+    assert keys.value.many([True, 1]) == [keys.json(True), keys.json(1)]  # bool is not int
+
+
 def triple(line: str) -> int:
     return 3 * int(line)
 
