@@ -181,7 +181,9 @@ def _hand_out(
 
 
 def _out(inputs: list[Any], values: list[Any], with_inputs: bool) -> list[Any]:
-    return list(zip(inputs, values, strict=True)) if with_inputs else values
+    """The caller's list: fresh, since the results are recorded after the caller is done
+    with it (a caller that sorts or clears its chunk changes nothing recorded)."""
+    return list(zip(inputs, values, strict=True)) if with_inputs else list(values)
 
 
 def _finish(gen: Generator[Any, None, None], results: Results, journal: SqliteJournal) -> None:

@@ -130,6 +130,21 @@ def test_output_holds_one_record_per_input(tmp_path: Path) -> None:
     assert [json.loads(line)["input"] for line in failures] == [4]
 
 
+def test_a_caller_that_changes_its_chunks_changes_nothing_recorded(tmp_path: Path) -> None:
+    journal, output = tmp_path / "j.db", tmp_path / "out.jsonl"
+    pipeline = spindle.Pipeline([spindle.thread(square, workers=2)])
+    taken = 0
+    for chunk in pipeline.run(range(2000), journal=journal, output=output).chunks():
+        taken += len(chunk)
+        chunk.reverse()  # the caller's own list, to do with as it likes
+        chunk.append(-1)
+    assert taken == 2000
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert sorted(r["input"] for r in records) == list(range(2000))
+    assert all(r["result"] == r["input"] ** 2 for r in records)
+    assert states(journal) == {"done": 2000}
+
+
 def test_keys_by_field_or_function(tmp_path: Path) -> None:
     items = [{"id": i % 10, "v": i} for i in range(30)]
     pipeline = spindle.Pipeline([spindle.thread(lambda r: r["v"])])
