@@ -351,12 +351,7 @@ class Channel(Generic[T]):
                 return self._end(), None
             if loop is None:
                 loop = asyncio.get_running_loop()
-            waiter = self._register(self._getters, loop, lambda: bool(self._chunks))
-            if waiter is not None:
-                try:
-                    await waiter.wait()
-                finally:
-                    self._unregister(self._getters, waiter)
+            await self._wait(loop)
 
     async def get_chunks(self) -> list[list[T]]:
         """Every chunk queued (at least one), or ``[]`` once closed and empty."""
@@ -366,12 +361,7 @@ class Channel(Generic[T]):
                 return self._take_chunks()
             if self._closed:
                 return self._end()
-            waiter = self._register(self._getters, loop, lambda: bool(self._chunks))
-            if waiter is not None:
-                try:
-                    await waiter.wait()
-                finally:
-                    self._unregister(self._getters, waiter)
+            await self._wait(loop)
 
     def get_chunks_blocking(self) -> list[list[T]]:
         """Thread-side :meth:`get_chunks`."""
@@ -400,14 +390,19 @@ class Channel(Generic[T]):
                 return self._take_tagged_chunks()
             if self._closed:
                 return self._end()
-            waiter = self._register(self._getters, loop, lambda: bool(self._chunks))
-            if waiter is not None:
-                try:
-                    await waiter.wait()
-                finally:
-                    self._unregister(self._getters, waiter)
+            await self._wait(loop)
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Sleep on ``loop`` until a chunk is queued or the channel closes."""
+        waiter = self._register(self._getters, loop, lambda: bool(self._chunks))
+        if waiter is not None:
+            try:
+                await waiter.wait()
+            finally:
+                self._unregister(self._getters, waiter)
 
     def _wait_blocking(self) -> None:
+        """Thread-side :meth:`_wait`."""
         waiter = self._register(self._getters, None, lambda: bool(self._chunks))
         if waiter is not None:
             try:

@@ -602,8 +602,9 @@ def _feed(channel: Channel[Any], it: Iterator[Any], ex: _Execution) -> int:
 
 def _source_tags(chunk: list[Any]) -> list[Any] | None:
     """The inputs of a chunk of the source: None (each item is its own), unless it holds
-    a Failure (a malformed line), whose input is the item it failed on."""
-    if Failure not in map(type, chunk):
+    a Failure (a malformed line), whose input is the item it failed on. A block of
+    lines that parsed whole says so (``clean``): it is not scanned again."""
+    if getattr(chunk, "clean", False) or Failure not in map(type, chunk):
         return None
     return [x.item if type(x) is Failure else x for x in chunk]
 
