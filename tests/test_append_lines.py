@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from spindle._records import WRITTEN, AppendLines, JsonLine, OutputError, WriteFailed, encode_line
-from spindle.jobs.fetch._command import FetchWriter
+from spindle.connectors import WRITTEN, AppendLines, JsonLine, OutputError, WriteFailed, encode_line
+from spindle.jobs.fetch._run import FetchWriter
 
 pytestmark = pytest.mark.timeout(60)
 

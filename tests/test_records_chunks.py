@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spindle import Failure
-from spindle._records import read_items
+from spindle.connectors import read_items
 
 LINES = st.sampled_from(
     [b"1", b'{"a": 2}', b"", b"   ", b'{"broken', b"\xff\xfe", b'"text"', b"[1, 2]", b"x\r"]
@@ -39,7 +39,7 @@ def test_chunks_match_line_by_line(lines: list[bytes], fmt: str, hint: int) -> N
         items = read_items(str(path), fmt)
         try:
             assert items.chunkable()
-            got = comparable([x for chunk in items.chunks(hint) for x in chunk])
+            got = comparable([x for chunk in items.chunks(size_hint=hint) for x in chunk])
         finally:
             items.close()
     assert got == expected

@@ -1,4 +1,4 @@
-"""The public surface of spindle.journal and spindle.outputs, pinned."""
+"""The public surface of spindle.journal and spindle.connectors, pinned."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import spindle.connectors
 import spindle.journal
-import spindle.outputs
 
 JOURNAL = {
     "DONE",
@@ -21,7 +21,13 @@ JOURNAL = {
     "JournalMismatch",
     "JournalStats",
     "JournalStatus",
+    "JournalSink",
+    "JournaledRun",
     "Key",
+    "KeyFunction",
+    "MissingKey",
+    "RecordShape",
+    "RunOutcome",
     "MemoryJournal",
     "Record",
     "ReportSource",
@@ -30,27 +36,51 @@ JOURNAL = {
     "SqliteJournal",
     "State",
     "item_states",
+    "journal_timeline",
+    "keys_for",
+    "field_key",
+    "open_journal",
+    "run_journaled",
     "read_status",
     "render_status",
     "status_dict",
     "status_text",
 }
 
-OUTPUTS = {
+CONNECTORS = {
+    # the interfaces, and their in-memory fakes
+    "Source",
+    "Sink",
+    "MemorySource",
+    "MemorySink",
+    # files: lines in, JSON lines out (a plain run)
+    "Items",
+    "Lines",
+    "read_items",
+    "RecordWriter",
+    "AppendLines",
+    "JsonLine",
+    "WRITTEN",
+    "WriteFailed",
+    "encode_line",
+    "json_default",
+    # the committed outputs of a journaled run
     "FORMATS",
     "AppendFileOutput",
     "CsvOutput",
     "FailuresOutput",
     "JsonlOutput",
     "Output",
+    "ParquetOutput",
+    "SqliteOutput",
+    "format_for",
+    "open_output",
+    # one error tree
+    "InputError",
     "OutputCorrupt",
     "OutputError",
     "OutputExists",
-    "ParquetOutput",
-    "SqliteOutput",
     "UnwritableRecord",
-    "format_for",
-    "open_output",
 }
 
 
@@ -60,15 +90,15 @@ def test_journal_exports() -> None:
         assert getattr(spindle.journal, name) is not None
 
 
-def test_outputs_exports() -> None:
-    assert set(spindle.outputs.__all__) == OUTPUTS
-    for name in OUTPUTS:
-        assert getattr(spindle.outputs, name) is not None
-    assert set(spindle.outputs.FORMATS) == {"jsonl", "csv", "sqlite", "parquet"}
+def test_connectors_exports() -> None:
+    assert set(spindle.connectors.__all__) == CONNECTORS
+    for name in CONNECTORS:
+        assert getattr(spindle.connectors, name) is not None
+    assert set(spindle.connectors.FORMATS) == {"jsonl", "csv", "sqlite", "parquet"}
 
 
-def test_importing_outputs_does_not_import_pyarrow() -> None:
-    code = "import sys, spindle.outputs; print('pyarrow' in sys.modules)"
+def test_importing_connectors_does_not_import_pyarrow() -> None:
+    code = "import sys, spindle.connectors; print('pyarrow' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

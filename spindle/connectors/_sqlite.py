@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigError
-from ._base import Output, as_mapping, check_parent, json_text, os_error, parse_point
 from ._errors import OutputCorrupt, OutputError, OutputExists, UnwritableRecord
+from ._output import Output, as_mapping, check_parent, json_text, os_error, parse_point
 
 _SEQ = "_seq"
 _INT64 = (-(2**63), 2**63 - 1)

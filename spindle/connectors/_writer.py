@@ -1,207 +1,31 @@
-"""Reading input records and writing output records for the command line."""
+"""The sink of a run without a journal: JSON lines written as results arrive.
+
+Each result becomes ``{"input": ..., "result": ...}`` in OUTPUT (a file, or ``-`` for
+standard output) and each failure a line of ``OUTPUT.failures.jsonl``. Nothing is
+committed: without a journal a crashed run starts again from the beginning, so lines are
+handed to the operating system in large buffered writes and never fsynced. A journaled
+run writes through :class:`~spindle.journal.JournalSink` instead, whose outputs
+(:mod:`._output`) can be cut back to the journal's last commit.
+
+Fetch workers may append their own lines (:class:`AppendLines`), in which case the parent
+only counts them (:data:`WRITTEN`).
+"""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
-import io
 import os
-import stat
 import sys
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
 import orjson
 
-from ._errors import SpindleError
-from ._failure import Failure, short_repr
-
-
-class InputError(SpindleError):
-    """The input cannot be read."""
-
-
-class OutputError(SpindleError):
-    """The output cannot be written (permissions, full disk...)."""
-
-
-class Items(Iterator[Any]):
-    """Records read lazily from a file or stdin; a bad line becomes a Failure."""
-
-    def __init__(self, path: str, fmt: str) -> None:
-        self.path = path
-        self.fmt = fmt
-        self.total: int | None = None
-        if path == "-":
-            self._file: IO[bytes] = sys.stdin.buffer
-            self._owned = False
-        else:
-            try:
-                self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
-            except OSError as exc:
-                raise InputError(f"cannot read input {path!r}: {exc.strerror or exc}") from exc
-            self._owned = True
-        self._gen = self._read()
-
-    def count_lines(self) -> int | None:
-        """Count the lines of a regular file quickly (for a progress bar's total)."""
-        if not self._owned or not os.path.isfile(self.path):
-            return None
-        n = 0
-        last = b"\n"
-        with open(self.path, "rb") as f:
-            while block := f.read(1 << 20):
-                n += block.count(b"\n")
-                last = block[-1:]
-        self.total = n + (last != b"\n")
-        return self.total
-
-    def __iter__(self) -> Items:
-        return self
-
-    def __next__(self) -> Any:
-        return next(self._gen)
-
-    def _read(self) -> Generator[Any, None, None]:
-        for n, raw in enumerate(self._file, 1):
-            yield from self._parse(raw, n)
-
-    def _parse(self, raw: bytes, n: int) -> Iterator[Any]:
-        """The record of line ``n``: nothing for a blank JSON line, a Failure if bad."""
-        line = raw.rstrip(b"\r\n")
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield _malformed(line.decode("utf-8", "replace"), n, f"not valid UTF-8 ({exc})")
-            return
-        if self.fmt != "jsonl":
-            yield text
-            return
-        if not text.strip():
-            return
-        try:
-            yield orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield _malformed(text, n, f"not valid JSON ({exc})")
-
-    def chunkable(self) -> bool:
-        """Whether :meth:`chunks` may be used: a regular file, which never blocks.
-
-        A pipe or a terminal is read line by line instead, so that each line runs as
-        soon as it arrives rather than when a block of them has filled.
-        """
-        try:
-            return stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
-        except (OSError, ValueError, io.UnsupportedOperation):
-            return False
-
-    def chunks(self, size_hint: int = 1 << 16, *, keep_bytes: bool = False) -> Iterator[list[Any]]:
-        """The records in lists, a block of lines at a time (see :meth:`chunkable`).
-
-        A block whose lines are all well-formed is parsed in one pass, and comes as
-        :class:`Lines` marked ``clean``; one with a bad line is parsed line by line, so
-        that each bad line becomes its own Failure. With ``keep_bytes``, a clean block of
-        text lines also carries their bytes (``Lines.raw``).
-        """
-        jsonl = self.fmt == "jsonl"
-        n = 0
-        while lines := self._file.readlines(size_hint):
-            try:
-                if not jsonl and keep_bytes:
-                    stripped = [line.rstrip(b"\r\n") for line in lines]
-                    block = Lines(map(bytes.decode, stripped))
-                    block.clean, block.raw = True, stripped
-                    n += len(lines)
-                    yield block
-                    continue
-                texts = [line.rstrip(b"\r\n").decode("utf-8") for line in lines]
-                if not jsonl:
-                    n += len(lines)
-                    yield texts
-                    continue
-                if "" not in texts:
-                    values = Lines(map(orjson.loads, texts))
-                    values.clean = True
-                    n += len(lines)
-                    yield values
-                    continue
-            except (UnicodeDecodeError, orjson.JSONDecodeError):
-                pass
-            chunk: list[Any] = []
-            for raw in lines:
-                n += 1
-                chunk.extend(self._parse(raw, n))
-            yield chunk
-
-    def close(self) -> None:
-        self._gen.close()
-        if self._owned:
-            self._file.close()
-
-
-class Lines(list[Any]):
-    """A block of records from :meth:`Items.chunks`.
-
-    ``clean``: every line parsed (no Failure among them), so a consumer need not look.
-    ``raw``: with ``chunks(keep_bytes=True)``, the bytes of each text line, which a keyer may
-    digest as they are rather than encode each line back (the same bytes: the lines
-    were decoded from valid UTF-8).
-    """
-
-    __slots__ = ("clean", "raw")
-
-    def __init__(self, records: Iterable[Any] = ()) -> None:
-        super().__init__(records)
-        self.clean = False
-        self.raw: list[bytes] | None = None
-
-
-def _malformed(text: str, n: int, why: str) -> Failure:
-    return Failure(text, "MalformedInput", f"line {n}: {why}", "", 0, "input")
-
-
-def read_items(path: str, fmt: str) -> Items:
-    return Items(path, fmt)
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, (set, frozenset)):
-        return list(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raw = bytes(value)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"base64": base64.b64encode(raw).decode("ascii")}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-
-
-class JsonLine(bytes):
-    """A whole output line, already encoded, written as it is.
-
-    A job whose result is the record itself (``spindle fetch``'s) can encode it where
-    it runs, in a worker process: the parent, which writes every record, then only
-    moves bytes, and the encoding of large records (fetched pages) is spread over
-    the workers.
-    """
-
-    __slots__ = ()
-
-
-def encode_line(record: Any) -> Any:
-    """``record`` as a :class:`JsonLine`, exactly as :class:`RecordWriter` would write
-    it; the record itself when it cannot be written as JSON (the writer then fails it
-    with its usual message)."""
-    try:
-        return JsonLine(orjson.dumps(record, default=_default, option=_OPTS))
-    except TypeError:
-        return record
+from .._failure import Failure, short_repr
+from ._base import Sink
+from ._errors import OutputError
+from ._json import LINE_OPTIONS, JsonLine, json_default
 
 
 class _Written:
@@ -281,8 +105,18 @@ class AppendLines:
                 os.close(self._fd)
 
 
-class RecordWriter:
+class RecordWriter(Sink):
     """Writes ``{"input", "result"}`` lines to OUTPUT and failures to OUTPUT.failures.jsonl."""
+
+    def write(self, inputs: list[Any], values: list[Any]) -> None:
+        if Failure not in map(type, values):
+            self.results(inputs, values)
+            return
+        for item, value in zip(inputs, values, strict=True):
+            if type(value) is Failure:
+                self.failure(value, item)
+            else:
+                self.result(item, value)
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -334,7 +168,7 @@ class RecordWriter:
             self.written += 1
             return
         try:
-            data = orjson.dumps(self.record(item, value), default=_default, option=_OPTS)
+            data = orjson.dumps(self.record(item, value), default=json_default, option=LINE_OPTIONS)
         except TypeError as exc:
             msg = (
                 f"the result for input {short_repr(item)} cannot be written as JSON ({exc}); "
@@ -353,7 +187,7 @@ class RecordWriter:
             lines = [
                 v
                 if type(v) is JsonLine
-                else orjson.dumps(record(i, v), default=_default, option=_OPTS)
+                else orjson.dumps(record(i, v), default=json_default, option=LINE_OPTIONS)
                 for i, v in zip(inputs, values, strict=True)
             ]
         except TypeError:  # one of them cannot be written: each on its own
@@ -376,10 +210,10 @@ class RecordWriter:
         record = failure.to_dict()
         record["input"] = item
         try:
-            data = orjson.dumps(record, default=_default, option=_OPTS)
+            data = orjson.dumps(record, default=json_default, option=LINE_OPTIONS)
         except TypeError:
             record["input"] = short_repr(item, 10_000)
-            data = orjson.dumps(record, default=repr, option=_OPTS)
+            data = orjson.dumps(record, default=repr, option=LINE_OPTIONS)
         self._write(self._failures, data, self.failures_path)
         self.failed += 1
 

@@ -1,13 +1,18 @@
-"""Errors of the output writers.
+"""Errors of the connectors: one tree for every source and sink.
 
-They all derive from :class:`OutputError`, itself a :class:`spindle.SpindleError`, so a
-caller can stop a run on any output problem with one ``except``. Messages name the path
+Every output problem derives from :class:`OutputError`, every input problem from
+:class:`InputError`, both :class:`spindle.SpindleError`, so a caller can stop a run on any
+output problem with one ``except``, whether the run is journaled or not. Messages name the path
 and say what to do, because the person reading them is at a terminal, not in the code.
 """
 
 from __future__ import annotations
 
 from .._errors import SpindleError
+
+
+class InputError(SpindleError):
+    """The input cannot be read (a missing file, a refused permission)."""
 
 
 class OutputError(SpindleError):

@@ -1,19 +1,4 @@
-"""Output writers that the journal can bring back to a committed point after a crash.
-
-Formats: JSON lines (default, orjson), CSV, an SQLite table, and Parquet (needs the
-optional ``spindle[parquet]`` extra), plus the failures file (JSON lines that never
-refuse a record). Pick one by extension or by name with :func:`open_output`.
-
-How crash safety works (details in ``docs/journal.md`` and in each module):
-
-* every writer can :meth:`~Output.commit` to a *point* (a byte offset for files, the last
-  row number for SQLite, the number of part files for Parquet) once its data is durable;
-* the journal records that point in the same SQLite transaction that marks the items
-  done, after the writer's commit, so the journal never points past durable data;
-* on resume the journal hands the point back to :meth:`~Output.open`, which cuts the
-  output back to it: a torn last line, or records whose items were not marked done, go,
-  and those items run again. Each distinct key therefore ends up exactly once.
-"""
+"""Formats of the committed outputs, chosen by name or by a path's extension."""
 
 from __future__ import annotations
 
@@ -22,34 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigError
-from ._base import Output as Output
-from ._errors import OutputCorrupt as OutputCorrupt
-from ._errors import OutputError as OutputError
-from ._errors import OutputExists as OutputExists
-from ._errors import UnwritableRecord as UnwritableRecord
-from ._files import AppendFileOutput as AppendFileOutput
-from ._files import CsvOutput as CsvOutput
-from ._files import FailuresOutput as FailuresOutput
-from ._files import JsonlOutput as JsonlOutput
-from ._parquet import ParquetOutput as ParquetOutput
-from ._sqlite import SqliteOutput as SqliteOutput
-
-__all__ = [
-    "FORMATS",
-    "AppendFileOutput",
-    "CsvOutput",
-    "FailuresOutput",
-    "JsonlOutput",
-    "Output",
-    "OutputCorrupt",
-    "OutputError",
-    "OutputExists",
-    "ParquetOutput",
-    "SqliteOutput",
-    "UnwritableRecord",
-    "format_for",
-    "open_output",
-]
+from ._files import CsvOutput, JsonlOutput
+from ._output import Output
+from ._parquet import ParquetOutput
+from ._sqlite import SqliteOutput
 
 #: Format name -> writer class.
 FORMATS: dict[str, type[Output[Any]]] = {

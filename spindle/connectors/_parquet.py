@@ -37,8 +37,9 @@ import orjson
 
 from .._errors import ConfigError
 from .._failure import short_repr
-from ._base import (
-    JSON_OPTIONS,
+from ._errors import OutputCorrupt, OutputError, OutputExists, UnwritableRecord
+from ._json import JSON_OPTIONS
+from ._output import (
     Output,
     as_mapping,
     check_parent,
@@ -46,7 +47,6 @@ from ._base import (
     os_error,
     parse_point,
 )
-from ._errors import OutputCorrupt, OutputError, OutputExists, UnwritableRecord
 
 _PART = re.compile(r"part-(\d{6,})\.parquet")
 _TMP = re.compile(r"\.part-\d{6,}\.parquet\.tmp")

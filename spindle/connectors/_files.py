@@ -25,8 +25,9 @@ from typing import Any, ClassVar
 import orjson
 
 from .._failure import short_repr
-from ._base import (
-    JSON_OPTIONS,
+from ._errors import OutputCorrupt, OutputError, OutputExists, UnwritableRecord
+from ._json import JSON_OPTIONS
+from ._output import (
     Output,
     RowT,
     as_mapping,
@@ -35,7 +36,6 @@ from ._base import (
     os_error,
     parse_point,
 )
-from ._errors import OutputCorrupt, OutputError, OutputExists, UnwritableRecord
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 

@@ -1,4 +1,4 @@
-"""The interface every output writer implements, and the helpers they share.
+"""The committed outputs of a journaled run: the interface they implement, and helpers.
 
 A writer is driven by the journal in a fixed cycle, so that the journal can record the
 writer's *commit point* in the same SQLite transaction that marks the items done::
@@ -32,13 +32,11 @@ from typing import Any, ClassVar, Generic, TypeVar
 import orjson
 
 from ._errors import OutputCorrupt, OutputError, UnwritableRecord
+from ._json import JSON_OPTIONS
 
 #: The encoded form of one record, specific to each writer.
 RowT = TypeVar("RowT")
 
-#: Options for every JSON encoding done by the writers: numpy arrays and dicts with
-#: non-string keys are common in results and orjson handles them natively.
-JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 class Output(ABC, Generic[RowT]):
@@ -47,7 +45,7 @@ class Output(ABC, Generic[RowT]):
     Writers are not thread-safe: the journal that owns one calls it under its own lock.
     """
 
-    #: Short format name used by :func:`spindle.outputs.open_output` and shown in status.
+    #: Short format name used by :func:`spindle.connectors.open_output` and shown in status.
     format: ClassVar[str]
 
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:

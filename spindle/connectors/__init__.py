@@ -1,0 +1,86 @@
+"""Connectors: where a run's items come from and where its results go.
+
+Two small interfaces (:mod:`._base`): a :class:`Source` gives items (a file of lines,
+standard input, an in-memory iterable), a :class:`Sink` takes chunks of results beside
+their inputs. Each has an in-memory fake (:class:`MemorySource`, :class:`MemorySink`).
+
+- Without a journal, results go to a :class:`RecordWriter` (JSON lines, as they come).
+- With a journal, results go to the journal's sink, which records each one and writes it
+  through an :class:`Output`: JSON lines, CSV, an SQLite table, or Parquet (the optional
+  ``spindle[parquet]`` extra), plus the failures file. Pick one by extension or by name
+  with :func:`open_output`.
+
+How a committed output survives a crash (details in ``docs/journal.md`` and each module):
+
+* every output can :meth:`~Output.commit` to a *point* (a byte offset for files, the last
+  row number for SQLite, the number of part files for Parquet) once its data is durable;
+* the journal records that point in the same SQLite transaction that marks the items
+  done, after the output's commit, so the journal never points past durable data;
+* on resume the journal hands the point back to :meth:`~Output.open`, which cuts the
+  output back to it: a torn last line, or records whose items were not marked done, go,
+  and those items run again. Each distinct key therefore ends up exactly once.
+
+Every error here derives from :class:`OutputError` or :class:`InputError`.
+"""
+
+from ._base import Sink as Sink
+from ._base import Source as Source
+from ._errors import InputError as InputError
+from ._errors import OutputCorrupt as OutputCorrupt
+from ._errors import OutputError as OutputError
+from ._errors import OutputExists as OutputExists
+from ._errors import UnwritableRecord as UnwritableRecord
+from ._files import AppendFileOutput as AppendFileOutput
+from ._files import CsvOutput as CsvOutput
+from ._files import FailuresOutput as FailuresOutput
+from ._files import JsonlOutput as JsonlOutput
+from ._formats import FORMATS as FORMATS
+from ._formats import format_for as format_for
+from ._formats import open_output as open_output
+from ._json import JsonLine as JsonLine
+from ._json import encode_line as encode_line
+from ._json import json_default as json_default
+from ._lines import Items as Items
+from ._lines import Lines as Lines
+from ._lines import read_items as read_items
+from ._memory import MemorySink as MemorySink
+from ._memory import MemorySource as MemorySource
+from ._output import Output as Output
+from ._parquet import ParquetOutput as ParquetOutput
+from ._sqlite import SqliteOutput as SqliteOutput
+from ._writer import WRITTEN as WRITTEN
+from ._writer import AppendLines as AppendLines
+from ._writer import RecordWriter as RecordWriter
+from ._writer import WriteFailed as WriteFailed
+
+__all__ = [
+    "FORMATS",
+    "WRITTEN",
+    "AppendFileOutput",
+    "AppendLines",
+    "CsvOutput",
+    "FailuresOutput",
+    "InputError",
+    "Items",
+    "JsonLine",
+    "JsonlOutput",
+    "Lines",
+    "MemorySink",
+    "MemorySource",
+    "Output",
+    "OutputCorrupt",
+    "OutputError",
+    "OutputExists",
+    "ParquetOutput",
+    "RecordWriter",
+    "Sink",
+    "Source",
+    "SqliteOutput",
+    "UnwritableRecord",
+    "WriteFailed",
+    "encode_line",
+    "format_for",
+    "json_default",
+    "open_output",
+    "read_items",
+]
