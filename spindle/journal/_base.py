@@ -22,12 +22,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self, TypeAlias
+from typing import Any, Literal, NamedTuple, Self, TypeAlias
 
 from .._failure import short_repr
-
-if TYPE_CHECKING:
-    from ._status import JournalStatus
+from ._summary import JournalStatus
 
 #: An item's identity: text, or bytes such as a hash digest of the item.
 Key: TypeAlias = str | bytes

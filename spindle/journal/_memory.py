@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ..connectors import Output, UnwritableRecord
 from ..observe.report import report_from_json
-from ..outputs import Output, UnwritableRecord
 from ._base import (
     DONE,
     FAILED,
@@ -27,7 +27,7 @@ from ._base import (
     unwritable_failure,
 )
 from ._errors import JournalError
-from ._status import FailureGroup, JournalStatus, RunInfo, RunReport
+from ._summary import FailureGroup, JournalStatus, RunInfo, RunReport
 
 
 class MemoryJournal(Journal):

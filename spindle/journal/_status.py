@@ -11,6 +11,8 @@ latency percentiles, retries, worker restarts, failure groups) in the ``reports`
 one row per run, rewritten at its commits. Status shows the most recent one after the
 journal's own figures; a journal written before that table existed has none, and status
 shows the rest as before (it never creates the table: it only reads).
+
+What status holds is plain data (:mod:`._summary`), which the journals build as well.
 """
 
 from __future__ import annotations
@@ -18,156 +20,21 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from ..observe import _format as fmt
-from ..observe.report import Report, detail_lines, report_from_json, totals_line
+from ..observe.report import detail_lines, report_from_json, totals_line
 from ._base import Key, key_text
 from ._errors import JournalCorrupt, JournalError
 from ._lock import is_locked
 from ._log import unpack_keys
+from ._summary import FailureGroup, JournalStatus, RunInfo, RunReport
 
 #: Failure groups shown; the rest are summed up in one line.
 _MAX_GROUPS = 20
-
-
-@dataclass(frozen=True, slots=True)
-class FailureGroup:
-    """Failed items that share an error type, with one of them as the example."""
-
-    error: str
-    count: int
-    example_key: str
-    example_message: str
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """One run of the command over this journal (one process, from open to close).
-
-    ``state`` is ``"running"``, ``"finished"`` (closed cleanly) or ``"interrupted"``
-    (the process died or was killed before closing the journal).
-    """
-
-    id: int
-    started: float
-    ended: float | None
-    last_commit: float | None
-    done: int
-    failed: int
-    pid: int | None
-    state: str
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds from start to close, or to the last commit if it never closed."""
-        if self.state == "running":
-            end = time.time()
-        else:
-            end = self.ended or self.last_commit or self.started
-        return max(0.0, end - self.started)
-
-
-@dataclass(frozen=True, slots=True)
-class RunReport:
-    """The report a run stored in the journal: what ``--stats-json`` writes, as of
-    ``stored`` (a wall-clock time).
-
-    ``final`` is True when the run stored it as it ended (closing the journal, also
-    after Ctrl-C); otherwise a commit stored it (the run is still going, or its process
-    died), at most a second before the run's last commit.
-    """
-
-    run: int
-    stored: float
-    final: bool
-    report: Report
-
-
-@dataclass(frozen=True, slots=True)
-class JournalStatus:
-    """Everything ``status`` shows. ``throughput`` is items recorded per second of run time."""
-
-    path: str
-    fingerprint: str
-    created: float | None
-    done: int
-    failed: int
-    pending: int
-    in_flight: int
-    runs: tuple[RunInfo, ...]
-    failures: tuple[FailureGroup, ...]
-    outputs: dict[str, str]
-    report: RunReport | None = None
-
-    @property
-    def total(self) -> int:
-        return self.done + self.failed + self.pending
-
-    @property
-    def elapsed(self) -> float:
-        return sum(run.elapsed for run in self.runs)
-
-    @property
-    def throughput(self) -> float:
-        elapsed = self.elapsed
-        recorded = sum(run.done + run.failed for run in self.runs)
-        return recorded / elapsed if elapsed > 0 else 0.0
-
-    @property
-    def running(self) -> bool:
-        return any(run.state == "running" for run in self.runs)
-
-    def report_state(self) -> str:
-        """How the run of :attr:`report` stands: ``"ended"`` (the report is its final
-        one), ``"running"``, or ``"interrupted"`` (its process died: the report is the
-        last one a commit stored). Empty without a report."""
-        stored = self.report
-        if stored is None:
-            return ""
-        if stored.final:
-            return "ended"
-        state = next((run.state for run in self.runs if run.id == stored.run), "interrupted")
-        return "running" if state == "running" else "interrupted"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (``spindle status --json``)."""
-        return {
-            "path": self.path,
-            "fingerprint": self.fingerprint,
-            "created": self.created,
-            "running": self.running,
-            "totals": {
-                "done": self.done,
-                "failed": self.failed,
-                "pending": self.pending,
-                "in_flight": self.in_flight,
-                "total": self.total,
-            },
-            "elapsed_seconds": round(self.elapsed, 3),
-            "throughput_per_second": round(self.throughput, 3),
-            "runs": [
-                {**asdict(run), "elapsed_seconds": round(run.elapsed, 3)} for run in self.runs
-            ],
-            "failures": [asdict(group) for group in self.failures],
-            "outputs": dict(self.outputs),
-            "report": self.report.report if self.report is not None else None,
-            "report_run": (
-                {
-                    "run": self.report.run,
-                    "state": self.report_state(),
-                    "final": self.report.final,
-                    "stored": self.report.stored,
-                }
-                if self.report is not None
-                else None
-            ),
-        }
 
 
 def collect_status(

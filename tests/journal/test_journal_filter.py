@@ -80,7 +80,7 @@ def test_a_duplicate_of_a_key_committed_earlier_in_the_run_is_caught(tmp_path: P
         assert log_rows(db) == 0
         assert j.stats().skipped_duplicate == 3
     with SqliteJournal(db, "fp", commit_interval=0) as j:
-        assert j._resumed  # every key is looked up in the index
+        assert j._gate.resumed  # every key is looked up in the index
         assert j.mark_started([b"a", b"c", b"d", b"e"]) == [False, False, True, True]
 
 

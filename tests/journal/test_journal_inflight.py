@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from spindle.connectors import JsonlOutput
 from spindle.journal import Record, SqliteJournal, item_states
 from spindle.journal._filter import KeyFilter
 from spindle.journal._inflight import InFlight
-from spindle.outputs import JsonlOutput
 
 
 def keys(start: int, stop: int) -> list[bytes]:
@@ -65,8 +65,8 @@ def test_an_ordered_run_never_builds_a_set_and_an_unordered_one_still_works(
             for at in range(start, start + 1000, 256):
                 chunk = claimed[at : min(at + 256, start + 1000)]
                 j.record_done(chunk, [1] * len(chunk))
-        assert len(j._inflight) == 0
-        assert j._inflight._set is None  # every record came in claim order
+        assert len(j._gate.inflight) == 0
+        assert j._gate.inflight._set is None  # every record came in claim order
     assert len((tmp_path / "a.jsonl").read_bytes().splitlines()) == 3000
     with SqliteJournal(tmp_path / "b.db", "fp", commit_items=700) as j:
         assert all(j.mark_started(claimed[:1000]))
@@ -74,7 +74,7 @@ def test_an_ordered_run_never_builds_a_set_and_an_unordered_one_still_works(
         j.record([Record.failed(k, "E", "m") for k in claimed[:10]])
         j.record_done(claimed[10:500], [1] * 490)
         j.record_done(claimed[10:20], [1] * 10)  # recorded already: ignored
-        assert len(j._inflight) == 0
+        assert len(j._gate.inflight) == 0
     states = item_states(tmp_path / "b.db")
     assert states == {k: "failed" if i < 10 else "done" for i, k in enumerate(claimed[:1000])}
 

@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 from journal_helpers import EXTENSIONS, journal_states, journal_totals, read_jsonl, read_output
 
 from spindle._errors import SpindleError
-from spindle.journal import Record, SqliteJournal
-from spindle.outputs import (
+from spindle.connectors import (
     CsvOutput,
     FailuresOutput,
     JsonlOutput,
@@ -32,6 +31,7 @@ from spindle.outputs import (
     ParquetOutput,
     SqliteOutput,
 )
+from spindle.journal import Record, SqliteJournal
 
 
 class Crash(BaseException):
@@ -151,7 +151,7 @@ def make_output(fmt: str, directory: Path, fuse: Fuse, min_rows: int) -> Output[
 
 def abandon(journal: SqliteJournal) -> None:
     """Release what a dead process would lose, and nothing else: no commit, no cleanup."""
-    job = journal._job
+    job = journal._commits.job
     if job is not None and job.thread is not None:
         job.thread.join()  # a commit in flight: the crash lands after it, or in it
     for out in journal._outputs.values():

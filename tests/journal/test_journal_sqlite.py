@@ -18,6 +18,7 @@ import pytest
 from journal_helpers import journal_states, journal_totals, read_jsonl, read_sqlite
 
 from spindle._errors import SpindleError
+from spindle.connectors import FailuresOutput, JsonlOutput, OutputError, SqliteOutput
 from spindle.journal import (
     Journal,
     JournalCorrupt,
@@ -28,9 +29,10 @@ from spindle.journal import (
     MemoryJournal,
     Record,
     SqliteJournal,
+    read_status,
 )
+from spindle.journal import _commit as commit_module
 from spindle.journal import _sqlite as sqlite_module
-from spindle.outputs import FailuresOutput, JsonlOutput, OutputError, SqliteOutput
 
 
 def open_journal(tmp: Path, fp: str = "fp", **kwargs: Any) -> SqliteJournal:
@@ -260,13 +262,14 @@ def test_commits_are_an_interval_apart_from_the_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeTime()
-    monkeypatch.setattr(sqlite_module, "time", clock)
+    for module in (sqlite_module, commit_module):  # opening, and the commits
+        monkeypatch.setattr(module, "time", clock)
     with open_journal(tmp_path, commit_interval=1.0) as j:
         j.mark_started(["a", "b", "c"])
         clock.now = 1.0
         j.record([done("a")])  # the interval is up: a commit, in a thread
         assert j.stats().commits == 1
-        job = j._job
+        job = j._commits.job
         assert job is not None and job.thread is not None
         job.thread.join()  # finished, not yet settled
         j.record([done("b")])  # the same moment: no second commit right after the first
@@ -482,8 +485,8 @@ def test_disk_full_on_the_journal(tmp_path: Path) -> None:
     try:
         j.mark_started(["a"])
         j.record([done("a")])
-        pages = j._conn.execute("PRAGMA page_count").fetchone()[0]  # type: ignore[union-attr]
-        j._conn.execute(f"PRAGMA max_page_count = {pages}")  # type: ignore[union-attr]
+        pages = j._conn.execute("PRAGMA page_count").fetchone()[0]
+        j._conn.execute(f"PRAGMA max_page_count = {pages}")
         keys = [f"key-{i:06d}-" + "x" * 50 for i in range(2000)]
         j.mark_started(keys)
         with pytest.raises(JournalError, match="no space left"):
@@ -586,7 +589,7 @@ def test_keys_in_flight_at_the_last_commit_are_pending_until_they_are_done(
     j = open_journal(tmp_path)
     j.mark_started(["a", "b", "c"])
     j.record([done("a")])  # commits: b and c are stored as in flight
-    assert sqlite_module.SqliteJournal.summary(j).pending == 2
+    assert SqliteJournal.summary(j).pending == 2
     # As if the process died here: files closed, no final commit.
     for out in j._outputs.values():
         out.close()
@@ -616,7 +619,7 @@ def test_a_journal_of_format_1_is_upgraded_and_resumed(tmp_path: Path) -> None:
     conn.execute("ALTER TABLE runs DROP COLUMN inflight_fmt")
     conn.execute("UPDATE meta SET value = 1 WHERE name = 'version'")
     conn.close()
-    assert sqlite_module.read_status(db).done == 1
+    assert read_status(db).done == 1
     with open_journal(tmp_path) as j:
         assert j.mark_started(["a", "b", "c"]) == [False, False, True]
         j.record([done("c")])
@@ -625,7 +628,7 @@ def test_a_journal_of_format_1_is_upgraded_and_resumed(tmp_path: Path) -> None:
 
 
 def test_the_timeline_counts_logged_and_indexed_items_alike(tmp_path: Path) -> None:
-    from spindle._journaled import journal_timeline
+    from spindle.journal import journal_timeline
 
     db = tmp_path / "journal.db"
 

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from spindle.connectors import FailuresOutput, JsonlOutput
 from spindle.journal import (
     JournalCorrupt,
     JournalError,
@@ -23,9 +24,8 @@ from spindle.journal import (
     status_dict,
     status_text,
 )
-from spindle.journal import _sqlite as sqlite_module
+from spindle.journal import _commit as commit_module
 from spindle.observe.report import to_json
-from spindle.outputs import FailuresOutput, JsonlOutput
 
 ROOT = Path(__file__).parents[2]
 
@@ -205,7 +205,7 @@ def test_report_is_stored_with_commits_and_at_close(
         assert "report of run 1: running; as of 2.0 s into the run" in (render_status(live))
         # At most one report a second, whatever the commit interval: the next commits
         # within that second store none.
-        monkeypatch.setattr(sqlite_module, "_REPORT_INTERVAL", 3600.0)
+        monkeypatch.setattr(commit_module, "_REPORT_INTERVAL", 3600.0)
         j.record([Record.done("b")])
         assert source.calls == 1
         j.flush()
