@@ -186,7 +186,7 @@ def test_generator_init_runs_its_teardown_when_the_worker_stops(
 
 
 def test_no_descriptor_number_of_a_dead_worker_is_left_for_forked_children() -> None:
-    from spindle.executors import processes
+    from spindle.executors import _handle
 
     results = spindle.map(jobs.kill_self_on_5, range(20), workers=2, batch_size=1, on_error="yield")
     out = list(results)
@@ -194,7 +194,7 @@ def test_no_descriptor_number_of_a_dead_worker_is_left_for_forked_children() -> 
     assert sum(isinstance(r, spindle.Failure) for r in out) == 1
     # A forked worker closes the descriptors listed here; a number left behind by a
     # worker whose socket is closed may belong to anything the parent opened since.
-    assert not processes._PARENT_FDS
+    assert not _handle._PARENT_FDS
 
 
 @pytest.mark.timeout(60)

@@ -15,7 +15,8 @@ from typing import Any, Literal, Protocol, TypedDict
 
 from .._errors import ConfigError
 from ..executors._batch import is_async_fn, is_generator_fn
-from ..executors.base import Executor
+from ..executors.base import Executor, ExecutorFactory
+from ..executors.spec import WorkSpec
 from ..policies.retry import RetryPolicy
 
 Kind = Literal["io", "thread", "cpu"]
@@ -64,6 +65,7 @@ class StageOptions(TypedDict, total=False):
     route: Callable[[Any], Any] | None
     reporter: Callable[[Any], dict[str, Any]] | None
     merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None
+    sections: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -148,9 +150,17 @@ class Stage:
     route: Callable[[Any], Any] | None = None
     reporter: Callable[[Any], dict[str, Any]] | None = None
     merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+    #: Keys of the merged report whose rows also go into the run's snapshot, under the
+    #: same key, gathered over the stages (see :mod:`spindle._core.snapshot`).
+    sections: tuple[str, ...] = ()
     #: The stage's current or most recent run (see :meth:`stats`).
     _last_run: _LastRun = field(
         default_factory=_LastRun, init=False, repr=False, compare=False, hash=False
+    )
+    #: Makes this stage's executor in place of the one its kind names; set only by
+    #: :func:`with_executor`, for tests that run the engine without workers.
+    _executor: ExecutorFactory | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
     )
 
     def stats(self) -> StageStats:
@@ -208,16 +218,59 @@ class Stage:
             return self.buffer
         return max(64, min(self.capacity * self.max_batch, 2 * self.max_batch, 65536))
 
+    def work_spec(self) -> WorkSpec:
+        """What an executor needs of this stage, worked out once (each run makes one)."""
+        return WorkSpec(
+            fn=self.fn,
+            name=self.name,
+            kind=self.kind,
+            workers=self.workers,
+            concurrency=self.concurrency,
+            capacity=self.capacity,
+            max_batch=self.max_batch,
+            flat=self.flat,
+            is_async=self.is_async,
+            batch_size=self.batch_size,
+            start_method=self.start_method,
+            timeout=self.timeout,
+            init=self.init,
+            max_jobs_per_worker=self.max_jobs_per_worker,
+            max_memory_per_worker=self.max_memory_per_worker,
+            route=self.route,
+            reporter=self.reporter,
+            merge_reports=self.merge_reports,
+        )
+
     def make_executor(self) -> Executor:
+        """A new executor for one run of this stage, of the stage's kind."""
+        spec = self.work_spec()
+        if self._executor is not None:
+            return self._executor(spec)
+        # Imported on first use, not with this module: describing stages loads no
+        # worker machinery (threads, sockets, cloudpickle).
         from ..executors.loop import LoopExecutor
         from ..executors.processes import ProcessExecutor
         from ..executors.threads import ThreadExecutor
 
         if self.kind == "io":
-            return LoopExecutor(self)
+            return LoopExecutor(spec)
         if self.kind == "thread":
-            return ThreadExecutor(self)
-        return ProcessExecutor(self)
+            return ThreadExecutor(spec)
+        return ProcessExecutor(spec)
+
+
+def with_executor(stage: Stage, factory: ExecutorFactory) -> Stage:
+    """A copy of ``stage`` whose runs get their executor from ``factory(spec)``.
+
+    This is how a test runs the pipeline and its stage runners on an executor of its
+    own (:class:`~spindle.executors.fake.FakeExecutor`: the function called inline,
+    no thread or process) while the stage keeps its kind, its batch sizes and its
+    buffers. It is not part of the public API: users choose where a function runs
+    with the stage's kind. The copy counts its own runs (see :meth:`Stage.stats`).
+    """
+    copy = dataclasses.replace(stage)
+    object.__setattr__(copy, "_executor", factory)  # a frozen dataclass
+    return copy
 
 
 _MEMORY_UNITS = {
@@ -276,6 +329,7 @@ def make_stage(
     route: Callable[[Any], Any] | None = None,
     reporter: Callable[[Any], dict[str, Any]] | None = None,
     merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    sections: tuple[str, ...] = (),
 ) -> Stage:
     """Validate arguments and fill in defaults; errors say what to use instead."""
     if kind not in KINDS:
@@ -298,6 +352,8 @@ def make_stage(
         raise ConfigError(f"init must be a function, got {type(init).__name__}")
     if reporter is not None and not callable(reporter):
         raise ConfigError(f"reporter must be a function, got {type(reporter).__name__}")
+    if sections and reporter is None:
+        raise ConfigError("sections name keys of the reporter's figures: add reporter= as well")
     if merge_reports is not None and (reporter is None or not callable(merge_reports)):
         raise ConfigError(
             "merge_reports takes a function of a list of reports and needs reporter= as well"
@@ -350,4 +406,5 @@ def make_stage(
         route,
         reporter,
         merge_reports,
+        tuple(sections),
     )

@@ -359,7 +359,7 @@ def _prepare_process() -> None:
 def serve(sock: socket.socket, config: WorkerConfig, progress: mmap.mmap | None) -> None:
     """Run the worker loop on ``sock`` until STOP or until the parent goes away."""
     if config.is_async:
-        from .._core.loop import new_event_loop
+        from ._eventloop import new_event_loop
 
         loop = new_event_loop()
         try:

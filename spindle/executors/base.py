@@ -3,7 +3,22 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypedDict
+
+from .._errors import SpindleError
+from .spec import WorkSpec
+
+
+class WorkerSnapshot(TypedDict):
+    """One worker of a stage (a process, a thread or a loop slot), as plain data."""
+
+    stage: str
+    index: int
+    pid: int | None
+    state: str
+    jobs: int
+    restarts: int
 
 
 class Outcome(NamedTuple):
@@ -22,6 +37,9 @@ class Outcome(NamedTuple):
 
 class Executor(ABC):
     """Runs a stage's function on batches of items.
+
+    An executor is made for one run from a :class:`~spindle.executors.spec.WorkSpec`,
+    the part of a stage it needs; it never sees the stage itself.
 
     Life cycle: ``prepare()`` (synchronous, in the caller's thread, before spindle
     starts any thread of its own: process pools fork here), ``await start()`` (on the
@@ -56,7 +74,7 @@ class Executor(ABC):
         """Plain data about the workers (counts, restarts...)."""
         return {}
 
-    def workers_snapshot(self) -> list[dict[str, Any]]:
+    def workers_snapshot(self) -> list[WorkerSnapshot]:
         """One plain-data record per worker: index, pid, state, jobs, restarts."""
         return []
 
@@ -64,3 +82,17 @@ class Executor(ABC):
         """The stage's reporter's figures from every worker, merged; None without a
         reporter (or before the first report). See ``spindle.executors._reports``."""
         return None
+
+
+#: Makes the executor of one run of a stage from the stage's :class:`WorkSpec`.
+ExecutorFactory = Callable[[WorkSpec], Executor]
+
+
+def init_failed(stage: str, where: str, exc: BaseException) -> SpindleError:
+    """The error of a stage whose ``init`` raised ``exc`` ``where`` (in a worker
+    thread, on the event loop...): the same words whatever the kind, the cause kept."""
+    err = SpindleError(
+        f"the init function of stage {stage!r} failed {where}: {type(exc).__name__}: {exc}"
+    )
+    err.__cause__ = exc
+    return err

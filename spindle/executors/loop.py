@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._errors import Timeout
 from .._failure import Failure
 from .._worker_state import _UNSET, STATE, InitScope
 from ._reports import Report, ReportBook, Reporter, state_or_none
-from .base import Executor, Outcome
-
-if TYPE_CHECKING:
-    from .._core.stage import Stage
+from .base import Executor, Outcome, WorkerSnapshot, init_failed
+from .spec import WorkSpec
 
 
 def timeout_failure(item: Any, seconds: float, stage: str, detail: str = "") -> Failure:
@@ -33,24 +31,28 @@ class LoopExecutor(Executor):
     once a second, and once more when the stage closes.
     """
 
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
-        self.fn = stage.fn
-        self.capacity = stage.concurrency
-        self.flat = stage.flat
-        self.timeout = stage.timeout
+    def __init__(self, spec: WorkSpec) -> None:
+        self.spec = spec
+        self.fn = spec.fn
+        self.capacity = spec.concurrency
+        self.flat = spec.flat
+        self.timeout = spec.timeout
         self._state: Any = _UNSET
-        self._scope = InitScope(stage.init) if stage.init is not None else None
+        self._scope = InitScope(spec.init) if spec.init is not None else None
         self._reporter: Reporter | None = None
         self.reports: ReportBook | None = None
         self._closed = False
-        if stage.reporter is not None:
-            self._reporter = Reporter(stage.reporter, stage.name)
-            self.reports = ReportBook(stage.name, stage.merge_reports)
+        if spec.reporter is not None:
+            self._reporter = Reporter(spec.reporter, spec.name)
+            self.reports = ReportBook(spec.name, spec.merge_reports)
 
     async def start(self) -> None:
-        if self._scope is not None:
+        if self._scope is None:
+            return
+        try:
             self._state = await self._scope.enter()
+        except Exception as exc:  # the same error as a thread's or a process's init
+            raise init_failed(self.spec.name, "on the event loop", exc) from exc
 
     async def _call(self, item: Any) -> Any:
         if self.flat:
@@ -75,10 +77,10 @@ class LoopExecutor(Executor):
                     except TimeoutError:
                         if not limit.expired():
                             raise
-                        results.append(timeout_failure(item, self.timeout, self.stage.name))
+                        results.append(timeout_failure(item, self.timeout, self.spec.name))
                         failures += 1
                 except Exception as exc:
-                    results.append(Failure.from_exception(item, exc, stage=self.stage.name))
+                    results.append(Failure.from_exception(item, exc, stage=self.spec.name))
                     failures += 1
         finally:
             if token is not None:
@@ -100,10 +102,10 @@ class LoopExecutor(Executor):
     def stats(self) -> dict[str, Any]:
         return {"workers": 0 if self._closed else 1}
 
-    def workers_snapshot(self) -> list[dict[str, Any]]:
+    def workers_snapshot(self) -> list[WorkerSnapshot]:
         return [
             {
-                "stage": self.stage.name,
+                "stage": self.spec.name,
                 "index": 0,
                 "pid": os.getpid(),
                 "state": "busy",

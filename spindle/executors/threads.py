@@ -24,31 +24,26 @@ import itertools
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .._errors import SpindleError
 from .._failure import Failure
 from .._worker_state import _UNSET, STATE, InitScope
 from ..policies.batching import AdaptiveBatch
 from ._batch import call_batch
 from ._reports import Report, ReportBook, Reporter, state_or_none
-from .base import Executor, Outcome
+from .base import Executor, Outcome, WorkerSnapshot, init_failed
 from .loop import timeout_failure
-
-if TYPE_CHECKING:
-    from .._core.stage import Stage
+from .spec import WorkSpec
 
 _Job = tuple[list[Any], asyncio.Future[Any], asyncio.AbstractEventLoop, list[threading.Thread]]
 
 
 class ThreadExecutor(Executor):
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
-        self.workers = stage.workers
-        self.capacity = stage.workers
-        self._batching = AdaptiveBatch(
-            target=0.001, max_size=stage.max_batch, fixed=stage.batch_size
-        )
+    def __init__(self, spec: WorkSpec) -> None:
+        self.spec = spec
+        self.workers = spec.workers
+        self.capacity = spec.workers
+        self._batching = AdaptiveBatch(target=0.001, max_size=spec.max_batch, fixed=spec.batch_size)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._abandoned: set[threading.Thread] = set()
@@ -56,7 +51,7 @@ class ThreadExecutor(Executor):
         self._started: asyncio.Future[None] | None = None
         self.abandoned = 0
         self.reports = (
-            ReportBook(stage.name, stage.merge_reports) if stage.reporter is not None else None
+            ReportBook(spec.name, spec.merge_reports) if spec.reporter is not None else None
         )
 
     def batch_size(self) -> int:
@@ -79,7 +74,7 @@ class ThreadExecutor(Executor):
         t = threading.Thread(
             target=self._work,
             args=(loop, ready),
-            name=f"spindle-{self.stage.name}-{next(self._numbers)}",
+            name=f"spindle-{self.spec.name}-{next(self._numbers)}",
             daemon=True,
         )
         self._threads.append(t)
@@ -87,24 +82,20 @@ class ThreadExecutor(Executor):
         return ready
 
     def _work(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
-        stage = self.stage
+        spec = self.spec
         me = threading.current_thread()
-        scope = InitScope(stage.init) if stage.init is not None else None
+        scope = InitScope(spec.init) if spec.init is not None else None
         if scope is not None:
             try:
                 STATE.set(scope.enter_sync())
             except Exception as exc:
-                err = SpindleError(
-                    f"the init function of stage {stage.name!r} failed in a worker thread: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-                err.__cause__ = exc
+                err = init_failed(spec.name, "in a worker thread", exc)
                 _call_soon(loop, _resolve, ready, err)
                 return
         _call_soon(loop, _resolve, ready, None)
         reporter = None
-        if stage.reporter is not None:
-            reporter = Reporter(stage.reporter, stage.name)
+        if spec.reporter is not None:
+            reporter = Reporter(spec.reporter, spec.name)
         try:
             self._serve(loop, me, reporter)
         finally:
@@ -124,7 +115,7 @@ class ThreadExecutor(Executor):
     def _serve(
         self, loop: asyncio.AbstractEventLoop, me: threading.Thread, reporter: Reporter | None
     ) -> None:
-        fn, flat, jobs = self.stage.fn, self.stage.flat, self._jobs
+        fn, flat, jobs = self.spec.fn, self.spec.flat, self._jobs
         clock = time.perf_counter
         while True:
             job = jobs.get()
@@ -149,7 +140,7 @@ class ThreadExecutor(Executor):
         fut: asyncio.Future[Any] = loop.create_future()
         runner: list[threading.Thread] = []
         self._jobs.put((items, fut, loop, runner))
-        timeout = self.stage.timeout
+        timeout = self.spec.timeout
         if timeout is None:
             results, errors, seconds = await fut
         else:
@@ -163,13 +154,13 @@ class ThreadExecutor(Executor):
                         return self._abandon(items, runner, timeout, loop)
         self._batching.observe(len(items), seconds)
         for i, exc in errors.items():
-            results[i] = Failure.from_exception(items[i], exc, stage=self.stage.name)
+            results[i] = Failure.from_exception(items[i], exc, stage=self.spec.name)
         return Outcome(results, len(errors), seconds)
 
-    def workers_snapshot(self) -> list[dict[str, Any]]:
+    def workers_snapshot(self) -> list[WorkerSnapshot]:
         return [
             {
-                "stage": self.stage.name,
+                "stage": self.spec.name,
                 "index": i,
                 "pid": None,
                 "state": "dead"
@@ -194,7 +185,7 @@ class ThreadExecutor(Executor):
         self._abandoned.add(runner[0])
         self._add_thread(loop)
         detail = "; a thread cannot be stopped, so the job was abandoned and runs on"
-        failures = [timeout_failure(x, timeout, self.stage.name, detail) for x in items]
+        failures = [timeout_failure(x, timeout, self.spec.name, detail) for x in items]
         return Outcome(list(failures), len(failures))
 
     async def aclose(self, *, cancel: bool) -> None:

@@ -1,4 +1,8 @@
-"""Event loops: uvloop when it is installed, asyncio's own otherwise."""
+"""Event loops: uvloop when it is installed, asyncio's own otherwise.
+
+Both the pipeline (its loop thread, ``arun`` excepted) and an async worker process
+make their loops here, so that the two always run on the same kind of loop.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,59 @@
+"""What an executor knows of the stage it runs: a small frozen record.
+
+Executors sit below the pipeline: they do not know what a ``Stage`` is, only this
+record, which ``Stage.make_executor()`` builds once per run and hands to the executor
+it makes. Everything an executor reads about its work is here, already worked out
+(whether the function is async or a generator, how many batches may be in flight,
+the largest batch), so that no executor inspects the function again or repeats the
+stage's rules, and so that a test can make an executor from a few plain values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._reports import MergeFn, ReporterFn
+
+
+@dataclass(frozen=True, slots=True)
+class WorkSpec:
+    """How to run one stage's function: what runs, where, and how many at once."""
+
+    #: The stage's function, called with one item.
+    fn: Callable[[Any], Any]
+    #: The stage's name, used in failures, messages and worker names.
+    name: str
+    #: ``"io"``, ``"thread"`` or ``"cpu"``: which kind of stage this runs.
+    kind: str
+    #: Worker threads or processes (1 for the event loop).
+    workers: int
+    #: Concurrent calls of an async function, on the loop or in each process.
+    concurrency: int
+    #: Batches the stage may have in flight at once.
+    capacity: int
+    #: The largest number of items one batch may hold.
+    max_batch: int
+    #: ``fn`` is a generator (or async generator) function: 0..n outputs per item.
+    flat: bool = False
+    #: ``fn`` is ``async def``.
+    is_async: bool = False
+    #: A fixed batch size, or None to size batches from the measured cost per item.
+    batch_size: int | None = None
+    #: ``"auto"``, ``"fork"`` or ``"spawn"``: how worker processes start.
+    start_method: str = "auto"
+    #: Seconds one call may run before it fails with ``Timeout``.
+    timeout: float | None = None
+    #: Called once in each worker; what it returns is the worker's state.
+    init: Callable[[], Any] | None = None
+    #: Items after which a worker process is replaced.
+    max_jobs_per_worker: int | None = None
+    #: Bytes of a worker process's own memory after which it is replaced.
+    max_memory_per_worker: int | None = None
+    #: The key of an item, to send items of one key to the same worker process.
+    route: Callable[[Any], Any] | None = None
+    #: Makes a worker's report from its state (see ``_reports``).
+    reporter: ReporterFn | None = None
+    #: Merges the reports of every worker into one.
+    merge_reports: MergeFn | None = None
