@@ -1,1 +1,2 @@
-"""Policies a stage applies around its executor: batching (and later limits, retries)."""
+"""Policies applied around the work: batching, retries (full-jitter backoff), adaptive
+concurrency limits (AIMD), and the clock that waits are made on, which tests replace."""

@@ -9,7 +9,9 @@ crash and a timeout count as :class:`~spindle.WorkerCrashed` and
 
 The delay before attempt ``n + 1`` is uniform in ``[0, min(cap, base * 2**(n-1))]``
 ("full jitter"), which spreads retries of many items that failed together instead of
-sending them back in a burst.
+sending them back in a burst. :func:`full_jitter` is that formula, the one place it is
+written: a stage's retries use it through :meth:`RetryPolicy.delay`, and the fetch
+job's per-request retries call it directly.
 """
 
 from __future__ import annotations
@@ -23,6 +25,21 @@ from .._failure import Failure
 
 #: Failures that the same input would hit again, whatever the number of attempts.
 NEVER_RETRIED = frozenset({"Unpicklable", "MalformedInput", "Unserializable"})
+
+#: Doublings of the backoff counted at most: ``2.0 ** 1024`` overflows, and any cap is
+#: reached long before.
+_MAX_DOUBLINGS = 1023
+
+
+def full_jitter(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Seconds to wait after ``attempt`` failed attempts: uniform in
+    ``[0, min(cap, base * 2**(attempt-1))]`` (exponential backoff with full jitter).
+
+    Full jitter spreads the retries of many clients hit by the same outage, instead of
+    having them all come back at the same instant. An ``attempt`` below 1 counts as 1.
+    """
+    doublings = min(max(0, attempt - 1), _MAX_DOUBLINGS)
+    return rng.uniform(0.0, min(cap, base * 2.0**doublings))
 
 
 def _names(types: Sequence[type[BaseException]]) -> frozenset[str]:
@@ -76,7 +93,7 @@ class RetryPolicy:
     def delay(self, attempts: int) -> float:
         """Seconds to wait before the next attempt, after ``attempts`` failed ones."""
         base, cap = self.backoff
-        return self._rng.uniform(0.0, min(cap, base * 2 ** max(0, attempts - 1)))
+        return full_jitter(attempts, base, cap, self._rng)
 
 
 def _types(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import pickle
 import random
 import sys
@@ -15,8 +14,7 @@ import spindle.jobs.fetch as fetch_api
 from spindle._errors import ConfigError, SpindleError
 from spindle.jobs.fetch import FetchFailed, FetchOptions, FetchResult, Response
 from spindle.jobs.fetch._body import extension
-from spindle.jobs.fetch._limiter import AdaptiveLimit
-from spindle.jobs.fetch._retry import backoff_delay, parse_retry_after
+from spindle.jobs.fetch._retry import parse_retry_after
 from spindle.jobs.fetch._robots import RobotsRules
 from spindle.jobs.fetch._urls import BadURL, host_key, parse_url
 
@@ -89,15 +87,6 @@ def test_retry_after_in_seconds_and_as_a_date() -> None:
     assert parse_retry_after(None, now) is None
 
 
-def test_backoff_is_full_jitter_under_the_cap() -> None:
-    rng = random.Random(7)
-    for attempt in range(1, 12):
-        bound = min(30.0, 0.5 * 2 ** (attempt - 1))
-        delays = [backoff_delay(attempt, 0.5, 30.0, rng) for _ in range(50)]
-        assert all(0 <= d <= bound for d in delays)
-    assert max(backoff_delay(20, 0.5, 30.0, rng) for _ in range(200)) > 15
-
-
 @pytest.mark.parametrize(
     ("url", "key"),
     [
@@ -115,49 +104,6 @@ def test_host_identity_is_host_and_port(url: str, key: str) -> None:
 def test_bad_urls(url: str) -> None:
     with pytest.raises(BadURL):
         parse_url(url)
-
-
-def test_adaptive_limit_halves_and_grows_back_slowly() -> None:
-    limit = AdaptiveLimit(8)
-    limit.decrease()
-    assert limit.limit == 4
-    limit.decrease()
-    limit.decrease()
-    limit.decrease()
-    assert limit.limit == 1
-    limit.increase()
-    assert limit.limit == 2  # one success at limit 1 earns one slot
-    for _ in range(2):
-        limit.increase()
-    assert limit.limit == 3  # two more at limit 2
-    for _ in range(100):
-        limit.increase()
-    assert limit.limit == 8  # never above the ceiling
-
-
-def test_adaptive_limit_admits_in_order_and_survives_cancellation() -> None:
-    async def scenario() -> None:
-        limit = AdaptiveLimit(1)
-        await limit.acquire()
-        order: list[str] = []
-
-        async def waiter(name: str) -> None:
-            async with limit:
-                order.append(name)
-
-        cancelled = asyncio.create_task(waiter("cancelled"))
-        first = asyncio.create_task(waiter("first"))
-        second = asyncio.create_task(waiter("second"))
-        await asyncio.sleep(0)  # let all three queue up
-        assert limit.waiting == 3
-        cancelled.cancel()
-        limit.release()
-        await asyncio.gather(first, second)
-        assert order == ["first", "second"]
-        assert limit.in_flight == 0
-        assert cancelled.cancelled()
-
-    asyncio.run(scenario())
 
 
 def test_robots_rules() -> None:

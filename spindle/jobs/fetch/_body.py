@@ -20,7 +20,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from ._http import Response
+from ._transport import TransportResponse, content_length
 
 #: Bytes gathered before one write to disk: fewer thread hops, still a small buffer.
 WRITE_BUFFER = 256 * 1024
@@ -42,14 +42,16 @@ class Saved:
     sha256: str
 
 
-def check_length(response: Response, max_bytes: int) -> None:
+def check_length(response: TransportResponse, max_bytes: int) -> None:
     """Refuse a body whose declared length is over the limit, before reading it."""
-    length = response.content_length
+    length = content_length(response.headers)
     if length is not None and length > max_bytes:
         raise TooLarge(f"too large: Content-Length {length} exceeds max_bytes {max_bytes}")
 
 
-async def read_body(response: Response, max_bytes: int, *, truncate: bool = False) -> bytes:
+async def read_body(
+    response: TransportResponse, max_bytes: int, *, truncate: bool = False
+) -> bytes:
     """The whole body, or :class:`TooLarge` (or the first bytes, if ``truncate``)."""
     if not truncate:
         check_length(response, max_bytes)
@@ -59,7 +61,9 @@ async def read_body(response: Response, max_bytes: int, *, truncate: bool = Fals
     return body
 
 
-async def save_body(response: Response, max_bytes: int, directory: str, stem: str) -> Saved:
+async def save_body(
+    response: TransportResponse, max_bytes: int, directory: str, stem: str
+) -> Saved:
     """Stream the body to ``directory/stem.ext``, hashing it on the way."""
     check_length(response, max_bytes)
     suffix = extension(response.headers.get("content-type"), response.url.path)

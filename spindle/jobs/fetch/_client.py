@@ -21,8 +21,15 @@ One ``fetch(url)``::
 Redirects are followed here so that every hop goes through its own host's
 robots.txt, limits, spacing and breaker. Each attempt decides what happened in plain
 code (``_Outcome``); waiting for a retry happens outside every slot, so a backing-off
-request never holds capacity another host could use. The HTTP exchange itself is
-:mod:`._http`'s (why not aiohttp's client: see there).
+request never holds capacity another host could use.
+
+Two seams keep these decisions testable without a network or real time. The HTTP
+exchange goes through a :class:`~._transport.Transport`: by default :mod:`._http`'s
+client (why not aiohttp's: see there), in tests a scripted one (:mod:`._fake`). Every
+instant is read from, and every wait made on, a :class:`~spindle.policies.clock.Clock`:
+by default the event loop's, in tests a :class:`~spindle.policies.clock.FakeClock`. The
+Fetcher keeps the clock's ``now`` and ``sleep`` as attributes, so the default costs what
+``loop.time()`` and ``asyncio.sleep`` cost.
 """
 
 from __future__ import annotations
@@ -31,38 +38,37 @@ import asyncio
 import hashlib
 import os
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 from yarl import URL
 
+from spindle.policies.clock import Clock, SystemClock
+from spindle.policies.limits import AdaptiveLimit
+from spindle.policies.retry import full_jitter
+
 from ._body import Saved, TooLarge, read_body, save_body
 from ._errors import FetchFailed
 from ._hosts import Host
-from ._http import (
+from ._http import HttpClient
+from ._options import FetchOptions
+from ._response import FetchResult
+from ._retry import REDIRECT_STATUSES, RETRY_STATUSES, THROTTLE_STATUSES, parse_retry_after
+from ._robots import ROBOTS_MAX_BYTES, RobotsRules
+from ._transport import (
     BadResponse,
     ConnectFailed,
     ConnectionLost,
     ConnectTimeout,
-    HttpClient,
     HttpError,
     ReadTimeout,
-    Response,
     TLSFailed,
     TotalTimeout,
+    Transport,
+    TransportResponse,
 )
-from ._limiter import AdaptiveLimit
-from ._options import FetchOptions
-from ._response import FetchResult
-from ._retry import (
-    REDIRECT_STATUSES,
-    RETRY_STATUSES,
-    THROTTLE_STATUSES,
-    backoff_delay,
-    parse_retry_after,
-)
-from ._robots import ROBOTS_MAX_BYTES, RobotsRules
 from ._urls import BadURL, host_key, parse_url
 
 #: Seconds a resolved address is reused: one lookup per host per five minutes.
@@ -106,16 +112,36 @@ class Fetcher:
     Use it as an async context manager: entering opens the connection pool,
     leaving closes every connection. All per-host state (limits, spacing,
     robots.txt, breaker) lives here, so URLs of one host should go to one Fetcher.
+
+    Arguments:
+        options: how politely and how hard to fetch.
+        transport: what sends the requests (a :class:`~._transport.Transport`);
+            by default spindle's HTTP/1.1 client, made from ``options`` when the
+            Fetcher opens. The Fetcher closes the transport when it closes.
+        clock: what every instant is read from and every wait (backoff, spacing,
+            Retry-After, Crawl-delay) made on; by default the event loop's clock.
+        rng: the random generator of the backoff's jitter (seed one to make the
+            delays repeatable).
     """
 
-    def __init__(self, options: FetchOptions | None = None) -> None:
+    def __init__(
+        self,
+        options: FetchOptions | None = None,
+        *,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.options = options or FetchOptions()
-        self._client: HttpClient | None = None
+        self._transport = transport
+        self._clock = clock
+        self._client: Transport | None = None
         self._slots = AdaptiveLimit(self.options.concurrency)  # never adapted: a fair FIFO
-        #: The loop the Fetcher was opened on (looked up once: this is every request's path).
-        self._loop: asyncio.AbstractEventLoop
+        #: The clock's, looked up once when the Fetcher opens: every request reads them.
+        self._now: Callable[[], float]
+        self._sleep: Callable[[float], Awaitable[None]]
         self._hosts: dict[str, Host] = {}
-        self._rng = random.Random()
+        self._rng = rng if rng is not None else random.Random()
         self._in_flight = 0
         self._done = 0
         self._failed = 0
@@ -123,10 +149,15 @@ class Fetcher:
     async def __aenter__(self) -> Self:
         if self._client is not None:
             raise RuntimeError("this Fetcher is already open")
-        self._loop = asyncio.get_running_loop()
+        clock = self._clock if self._clock is not None else SystemClock(asyncio.get_running_loop())
+        self._now = clock.now
+        self._sleep = clock.sleep
         options = self.options
         if options.save_dir is not None:
             await asyncio.to_thread(os.makedirs, options.save_dir, exist_ok=True)
+        if self._transport is not None:
+            self._client = self._transport
+            return self
         # No cookies are kept: a crawl's would grow without bound and leak between hosts.
         self._client = HttpClient(
             user_agent=options.user_agent,
@@ -163,7 +194,7 @@ class Fetcher:
         client = self._client
         if client is None:
             raise RuntimeError("the Fetcher is not open: use `async with Fetcher(...) as f:`")
-        began = self._loop.time()
+        began = self._now()
         self._in_flight += 1
         try:
             result = await self._fetch(client, url, began)
@@ -201,7 +232,7 @@ class Fetcher:
 
     # -- one URL --------------------------------------------------------------
 
-    async def _fetch(self, client: HttpClient, url: str, began: float) -> FetchResult:
+    async def _fetch(self, client: Transport, url: str, began: float) -> FetchResult:
         try:
             target = parse_url(url)
         except BadURL as exc:
@@ -221,7 +252,7 @@ class Fetcher:
                     final_url=outcome.final_url,
                     status=outcome.status,
                     headers=outcome.headers,
-                    elapsed=self._loop.time() - began,
+                    elapsed=self._now() - began,
                     attempts=attempts,
                     body=outcome.body,
                     path=saved.path if saved else None,
@@ -245,7 +276,7 @@ class Fetcher:
             chain.append(location)
 
     async def _attempts(
-        self, client: HttpClient, host: Host, target: URL, url: str
+        self, client: Transport, host: Host, target: URL, url: str
     ) -> tuple[_Done | _Redirect, int]:
         """Try one hop until it answers, fails for good, or runs out of retries."""
         base, cap = self.options.backoff
@@ -266,7 +297,7 @@ class Fetcher:
                 raise FetchFailed(
                     f"{outcome.reason} (after {attempt} attempts)", url, attempt
                 ) from outcome.cause
-            wait = backoff_delay(attempt, base, cap, self._rng)
+            wait = full_jitter(attempt, base, cap, self._rng)
             if outcome.retry_after is not None:
                 if outcome.retry_after > cap:
                     raise FetchFailed(
@@ -277,17 +308,17 @@ class Fetcher:
                     )
                 wait = max(wait, outcome.retry_after)
                 # The server asked the whole host to wait, not just this request.
-                host.hold_off(self._loop.time() + outcome.retry_after)
-            await asyncio.sleep(wait)
+                host.hold_off(self._now() + outcome.retry_after)
+            await self._sleep(wait)
 
-    async def _attempt(self, client: HttpClient, host: Host, target: URL, url: str) -> _Outcome:
+    async def _attempt(self, client: Transport, host: Host, target: URL, url: str) -> _Outcome:
         """One request: classify whatever happens into an outcome; never raises
         for a network or HTTP problem."""
         await self._enter_turn(host)
         try:
             if host.dead:  # the breaker opened while this request waited its turn
                 return _Fail(host.dead_reason, sent=False)
-            started = self._loop.time()
+            started = self._now()
             total = self.options.total_timeout
             try:
                 response = await client.get(target, None if total is None else started + total)
@@ -300,9 +331,11 @@ class Fetcher:
         finally:
             self._leave_turn(host)
 
-    async def _answer(self, response: Response, host: Host, url: str, started: float) -> _Outcome:
+    async def _answer(
+        self, response: TransportResponse, host: Host, url: str, started: float
+    ) -> _Outcome:
         """What an answer means: a retry, a redirect, or a result with its body."""
-        now = self._loop.time
+        now = self._now
         options = self.options
         status = response.status
         headers = response.headers
@@ -364,7 +397,7 @@ class Fetcher:
         if not limiter.try_acquire():
             await limiter.acquire()
         try:
-            now = self._loop.time()
+            now = self._now()
             if not host.gate.locked() and host.delay(now) <= 0 and self._slots.try_acquire():
                 host.start(now)
                 return
@@ -374,13 +407,13 @@ class Fetcher:
             raise
 
     async def _wait_turn(self, host: Host) -> None:
-        loop = self._loop
+        now = self._now
         async with host.gate:
             # The start time can move while we sleep (a Retry-After), so look again.
-            while (delay := host.delay(loop.time())) > 0:  # noqa: ASYNC110
-                await asyncio.sleep(delay)
+            while (delay := host.delay(now())) > 0:
+                await self._sleep(delay)
             await self._slots.acquire()
-            host.start(loop.time())
+            host.start(now())
 
     def _leave_turn(self, host: Host) -> None:
         self._slots.release()
@@ -395,22 +428,21 @@ class Fetcher:
             host = self._hosts[key] = Host(key, self.options)
         return host
 
-    async def _robots(self, client: HttpClient, host: Host, target: URL) -> RobotsRules:
+    async def _robots(self, client: Transport, host: Host, target: URL) -> RobotsRules:
         if host.robots is None:
             async with host.robots_lock:
                 if host.robots is None:
                     rules = await self._load_robots(client, host, target)
-                    host.set_robots(rules, self._loop.time())
+                    host.set_robots(rules, self._now())
         assert host.robots is not None
         return host.robots
 
-    async def _load_robots(self, client: HttpClient, host: Host, target: URL) -> RobotsRules:
+    async def _load_robots(self, client: Transport, host: Host, target: URL) -> RobotsRules:
         """robots.txt of the host: 4xx means no rules; 5xx or no answer also
         means no rules, but the status says the file could not be read."""
-        loop = self._loop
         await self._enter_turn(host)
         try:
-            started = loop.time()
+            started = self._now()
             total = self.options.total_timeout
             try:
                 response = await client.get(
@@ -430,7 +462,7 @@ class Fetcher:
             except HttpError as exc:
                 host.on_error(connection=False)
                 return RobotsRules.allow_all(f"unavailable ({type(exc).__name__}: {exc})")
-            host.on_response(status, loop.time() - started, throttle=False)
+            host.on_response(status, self._now() - started, throttle=False)
             return rules
         finally:
             self._leave_turn(host)

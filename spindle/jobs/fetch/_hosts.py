@@ -1,14 +1,16 @@
 """Everything spindle knows about one host: its limit, spacing, robots.txt and breaker.
 
 All of it is plain synchronous state, changed only by the client between awaits:
-decisions are made here, the waiting and the I/O happen in ``_client``.
+decisions are made here, the waiting and the I/O happen in ``_client``. Nothing
+here reads the time: every instant is passed in, read from the Fetcher's clock, so
+the same code runs on the event loop's clock and on a test's fake one.
 
 Spacing: each request start books the host's next free start time
 (``next_at = start + interval``). The interval is the largest of the user's
 ``rate``, robots.txt's Crawl-delay or Request-rate, and a throttle penalty. The
 penalty doubles on every 429 or 503 and shrinks by a tenth on every other
 response, so the host is approached again gently (AIMD, with the concurrency
-limit of :class:`~spindle.jobs.fetch._limiter.AdaptiveLimit`).
+limit of :class:`~spindle.policies.limits.AdaptiveLimit`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ._limiter import AdaptiveLimit
+from spindle.policies.limits import AdaptiveLimit
+
 from ._options import FetchOptions
 from ._robots import RobotsRules
 

@@ -23,8 +23,9 @@ One exchange::
 A reused connection that the server closed while it was idle fails before any byte of
 the answer arrives; the request is then sent once more on a new connection (a GET is
 idempotent, RFC 9112 section 9.3.1), so a server may see one request more than the
-Fetcher counts attempts. Every failure is one of the :class:`HttpError` classes below,
-which the Fetcher turns into a retry or a failure reason.
+Fetcher counts attempts. Every failure is one of the :class:`HttpError` classes of
+:mod:`._transport` (whose ``Transport`` interface :class:`HttpClient` implements), which
+the Fetcher turns into a retry or a failure reason.
 """
 
 from __future__ import annotations
@@ -40,6 +41,17 @@ from typing import Any, cast
 import httptools
 from yarl import URL
 
+from ._transport import (
+    BadResponse,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectTimeout,
+    HttpError,
+    ReadTimeout,
+    TLSFailed,
+    TotalTimeout,
+)
+
 #: Body bytes buffered unread before the connection stops reading (back-pressure).
 _HIGH_WATER = 256 * 1024
 #: Largest head of an answer (status line and headers); a server sending more is broken
@@ -51,48 +63,13 @@ _PIECE = 64 * 1024
 _KEEP_ALIVE = 15.0
 
 
-class HttpError(Exception):
-    """A request got no usable answer; the message says why."""
-
-
-class ConnectFailed(HttpError):
-    """No connection could be made (refused, unreachable, unknown host)."""
-
-    def __init__(self, message: str, os_error: OSError | None = None) -> None:
-        super().__init__(message)
-        self.os_error = os_error
-
-
-class ConnectTimeout(HttpError):
-    """Resolving, connecting and the TLS handshake took longer than the connect timeout."""
-
-
-class ReadTimeout(HttpError):
-    """The server said nothing for longer than the read timeout."""
-
-
-class TotalTimeout(HttpError):
-    """The exchange, from connecting to the last byte, passed its deadline."""
-
-
-class ConnectionLost(HttpError):
-    """The connection closed or was reset before the answer was whole."""
-
-
-class BadResponse(HttpError):
-    """The answer is not HTTP/1.x, or its body cannot be decoded."""
-
-
-class TLSFailed(HttpError):
-    """The TLS handshake failed (certificate, protocol)."""
-
-
 class _Stale(ConnectionLost):
     """A reused connection closed before its answer began: send again on a new one."""
 
 
 class Response:
-    """The answer to one GET: status and headers at once, the body as it arrives.
+    """The answer to one GET: status and headers at once, the body as it arrives
+    (this client's :class:`~._transport.TransportResponse`).
 
     ``headers`` maps lower-cased names to values; a repeated header's values are
     joined with ``", "``. The body is read with :meth:`read` or :meth:`chunks`, decoded
@@ -121,13 +98,6 @@ class Response:
         self._buffered = 0
         self.complete = False
         self._error: HttpError | None = None
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("content-length")
-        if value is None or not value.isdigit():
-            return None
-        return int(value)
 
     async def read(self, max_bytes: int, *, truncate: bool = False) -> bytes | None:
         """The whole decoded body, or ``None`` once it grows past ``max_bytes`` (with
@@ -453,7 +423,8 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpClient:
-    """Keep-alive connections to many origins, for GETs only.
+    """Keep-alive connections to many origins, for GETs only: the Fetcher's default
+    :class:`~._transport.Transport`.
 
     ``max_idle`` bounds the idle connections kept over all origins (the oldest closes
     first), so a crawl of many hosts never runs out of file descriptors.

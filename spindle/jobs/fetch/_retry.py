@@ -1,8 +1,11 @@
-"""What is retried, and how long to wait before the next attempt."""
+"""What is retried, and what a server's Retry-After asks for.
+
+The backoff itself is :func:`spindle.policies.retry.full_jitter`, the formula a
+stage's retries use too; the Fetcher waits the longer of it and the Retry-After.
+"""
 
 from __future__ import annotations
 
-import random
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -13,15 +16,6 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 THROTTLE_STATUSES = frozenset({429, 503})
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with full jitter before attempt ``attempt + 1``.
-
-    Full jitter spreads the retries of many clients hit by the same outage, instead
-    of having them all come back at the same instant.
-    """
-    return rng.uniform(0.0, min(cap, base * 2.0 ** (attempt - 1)))
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
