@@ -22,11 +22,11 @@ from ._failure import Failure as Failure
 from ._worker_state import worker_state as worker_state
 
 if TYPE_CHECKING:
+    from ._api import Pipeline as Pipeline
     from ._api import cpu as cpu
     from ._api import io as io
     from ._api import map as map
     from ._api import thread as thread
-    from ._core.pipeline import Pipeline as Pipeline
     from ._core.pipeline import Results as Results
     from ._core.stage import Stage as Stage
     from ._core.stage import StageStats as StageStats
@@ -65,7 +65,7 @@ _LAZY = {
     "io": "._api",
     "map": "._api",
     "thread": "._api",
-    "Pipeline": "._core.pipeline",
+    "Pipeline": "._api",
     "Results": "._core.pipeline",
     "StageStats": "._core.stage",
     "Stage": "._core.stage",

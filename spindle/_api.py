@@ -30,16 +30,86 @@ Every stage constructor and :func:`map` take the same options (``StageOptions``)
 - ``merge_reports``: merges a list of reports into one (default: numbers added up
   key by key, nested dicts too; for other values the last report's). It gets ended
   workers' reports first, then live workers', and must accept its own output.
+- ``sections``: keys of the merged report holding lists of rows that belong to the
+  whole run (a fetch stage's ``hosts``): the run's snapshot gathers each such key's
+  rows over every stage under the same key.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Unpack
 
-from ._core.pipeline import OnError, Pipeline, Results
+from ._core import pipeline as _engine
+from ._core.pipeline import OnError, Results, Service
 from ._core.stage import Stage, StageOptions, make_stage
+
+
+class Pipeline(_engine.Pipeline):
+    """A sequence of stages run as one bounded pipeline.
+
+    >>> import spindle
+    >>> p = spindle.Pipeline([spindle.thread(str.upper), spindle.thread(len)])
+    >>> list(p.run(["a", "bb"]))
+    [1, 2]
+    """
+
+    def run(
+        self,
+        items: Iterable[Any],
+        *,
+        with_inputs: bool = False,
+        total: int | None = None,
+        services: Sequence[Service] = (),
+        journal: str | os.PathLike[str] | None = None,
+        key: Callable[[Any], Any] | str | None = None,
+        output: str | os.PathLike[str] | None = None,
+        retry_failed: bool = False,
+        force: bool = False,
+    ) -> Results:
+        """Run over ``items``; a lazy iterator of results (``(input, result)`` pairs
+        with ``with_inputs``). Nothing starts until the first result is asked for.
+
+        ``total`` (the input size, when known) feeds progress bars; ``services`` are
+        callables that take the run's ``snapshot`` function and return an async
+        context manager, entered on the run's event loop for the whole run (a live
+        display, a metrics endpoint, a dashboard: see :mod:`spindle.observe`).
+
+        ``journal`` (a file path) makes the run resumable: the same call made again
+        skips the items done before and runs the rest. Each item's key is a digest of
+        its value, or ``key(item)``, or the field ``key`` of dict items; an item whose
+        key came earlier in ``items`` runs once. A result counts as done once the
+        caller has asked for the next one, so a result the caller did not get to handle
+        comes again in the next run (at least once). ``output`` keeps the results in a
+        file (``.jsonl``, ``.csv``, ``.sqlite``, ``.parquet``) that matches the journal
+        after any crash, one record per input. ``retry_failed`` runs the items that
+        failed before again; ``force`` forgets the journal's items and starts over.
+        ``docs/journal.md`` says more.
+        """
+        if journal is None and key is None and output is None and not (retry_failed or force):
+            return super().run(items, with_inputs=with_inputs, total=total, services=services)
+        # The journal loads SQLite and numpy: imported only when a run asks for it.
+        from .journal._resumable import JournaledResults, check_journal_arguments
+
+        check_journal_arguments(
+            journal, key=key, output=output, retry_failed=retry_failed, force=force
+        )
+        assert journal is not None
+        journaled = JournaledResults(
+            self,
+            items,
+            journal=journal,
+            key=key,
+            output=output,
+            retry_failed=retry_failed,
+            force=force,
+            with_inputs=with_inputs,
+            total=total,
+            services=services,
+        )
+        self._last = journaled._ex
+        return journaled
 
 
 def io(
@@ -118,4 +188,4 @@ def map(  # the name mirrors the builtin on purpose
     )
 
 
-__all__ = ["cpu", "io", "map", "thread"]
+__all__ = ["Pipeline", "cpu", "io", "map", "thread"]

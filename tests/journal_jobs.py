@@ -100,7 +100,7 @@ async def parse(line: str) -> int:
 
 def main(argv: list[str]) -> None:
     import spindle
-    from spindle._records import read_items
+    from spindle.connectors import read_items
 
     input_path, output, journal = argv
     pipeline = spindle.Pipeline(

@@ -70,7 +70,7 @@ def test_a_journaled_run_holds_at_most_the_bound_plus_one_claimed_chunk(
 ) -> None:
     """A journal claims a chunk of the input at a time (up to MAX_CHUNK items) before the
     pipeline takes it: that, and no more, comes on top of the pipeline's bound."""
-    from spindle._journaled import MAX_CHUNK
+    from spindle.journal._claims import MAX_CHUNK
 
     source = Counted(100_000)
     pipeline = spindle.Pipeline([spindle.thread(jobs.square, workers=4)], ordered=ordered)

@@ -10,7 +10,7 @@ import pytest
 import workfns as jobs
 
 import spindle
-from spindle._core.pipeline import ChunkedSource
+from spindle._core.source import ChunkedSource
 
 
 @pytest.mark.parametrize("kind", ["cpu", "thread"])

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import os
 import threading
 import time
 from collections.abc import (
@@ -35,28 +34,25 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import AbstractAsyncContextManager
-from itertools import chain, islice
-from typing import TYPE_CHECKING, Any, Literal
+from itertools import chain
+from typing import Any, Literal
 
 from .._errors import ConfigError
 from .._failure import Failure
+from ..executors._eventloop import new_event_loop
 from ..executors.base import Executor
 from .channel import Channel, ChannelClosed
-from .loop import new_event_loop
 from .runner import StageRunner
+from .snapshot import RunSnapshot
+from .source import ChunkedSource, feed, feed_chunks
 from .stage import Stage, StageStats
-
-if TYPE_CHECKING:
-    from .._journaled import RunOutcome
 
 OnError = Literal["raise", "yield"]
 #: Something to run beside a pipeline on its loop: given the run's ``snapshot``
 #: function, returns an async context manager (a display, a metrics server...).
-Service = Callable[[Callable[[], dict[str, Any]]], AbstractAsyncContextManager[Any]]
+Service = Callable[[Callable[[], RunSnapshot]], AbstractAsyncContextManager[Any]]
 #: Capacity of the channel between the last stage and the caller.
 OUTPUT_BUFFER = 8192
-#: Keys of a stage's merged report whose rows also go into the run's snapshot.
-RUN_SECTIONS = ("hosts",)
 #: Seconds the caller waits for the source thread to finish after a stop; a source
 #: blocked inside the user's iterable (stdin, a socket) cannot be interrupted.
 _SOURCE_JOIN = 2.0
@@ -106,11 +102,6 @@ class Pipeline:
         with_inputs: bool = False,
         total: int | None = None,
         services: Sequence[Service] = (),
-        journal: str | os.PathLike[str] | None = None,
-        key: Callable[[Any], Any] | str | None = None,
-        output: str | os.PathLike[str] | None = None,
-        retry_failed: bool = False,
-        force: bool = False,
     ) -> Results:
         """Run over ``items``; a lazy iterator of results (``(input, result)`` pairs
         with ``with_inputs``). Nothing starts until the first result is asked for.
@@ -119,39 +110,7 @@ class Pipeline:
         callables that take the run's ``snapshot`` function and return an async
         context manager, entered on the run's event loop for the whole run (a live
         display, a metrics endpoint, a dashboard: see :mod:`spindle.observe`).
-
-        ``journal`` (a file path) makes the run resumable: the same call made again
-        skips the items done before and runs the rest. Each item's key is a digest of
-        its value, or ``key(item)``, or the field ``key`` of dict items; an item whose
-        key came earlier in ``items`` runs once. A result counts as done once the
-        caller has asked for the next one, so a result the caller did not get to handle
-        comes again in the next run (at least once). ``output`` keeps the results in a
-        file (``.jsonl``, ``.csv``, ``.sqlite``, ``.parquet``) that matches the journal
-        after any crash, one record per input. ``retry_failed`` runs the items that
-        failed before again; ``force`` forgets the journal's items and starts over.
-        ``docs/journal.md`` says more.
         """
-        if journal is not None or key is not None or output is not None or retry_failed or force:
-            from .._resumable import JournaledResults, check_journal_arguments
-
-            check_journal_arguments(
-                journal, key=key, output=output, retry_failed=retry_failed, force=force
-            )
-            assert journal is not None
-            journaled = JournaledResults(
-                self,
-                items,
-                journal=journal,
-                key=key,
-                output=output,
-                retry_failed=retry_failed,
-                force=force,
-                with_inputs=with_inputs,
-                total=total,
-                services=services,
-            )
-            self._last = journaled._ex
-            return journaled
         ex = _Execution(self, items, with_inputs, total, services)
         self._last = ex
         return Results(ex)
@@ -169,7 +128,7 @@ class Pipeline:
         self._last = ex
         return ex.aiterate()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> RunSnapshot | dict[str, Any]:
         """The latest run as plain data (see :meth:`Results.snapshot`)."""
         return self._last.snapshot() if self._last is not None else {}
 
@@ -196,18 +155,30 @@ class Results(Iterator[Any]):
     """The lazy iterator of a run. ``close()`` (or leaving a ``for`` loop, or garbage
     collection) stops the run and every worker."""
 
-    #: A journaled run's counts (done, failed, skipped as done or as duplicates),
-    #: final once the iteration has ended or been closed; None without a journal.
-    outcome: RunOutcome | None = None
-
-    def __init__(self, ex: _Execution) -> None:
+    def __init__(
+        self,
+        ex: _Execution,
+        run: Generator[Any, None, None] | None = None,
+        *,
+        with_inputs: bool | None = None,
+    ) -> None:
         self._ex = ex
+        self._tagged = ex.tagged if with_inputs is None else with_inputs
         # The run yields lists of results (with inputs: pairs of lists, inputs and
         # results, zipped here into pairs); chain walks each list in C, so the per-item
-        # step of iterating costs no generator frame.
-        self._run: Generator[Any, None, None] = ex.iterate()
-        self._gen: Generator[list[Any], None, None] = _pairs(self._run) if ex.tagged else self._run
+        # step of iterating costs no generator frame. ``run`` replaces the run's own
+        # lists (a journaled run hands out what it records).
+        self._run: Generator[Any, None, None] = ex.iterate() if run is None else run
+        self._gen: Generator[list[Any], None, None] = (
+            _pairs(self._run) if self._tagged else self._run
+        )
         self._items: Iterator[Any] = chain.from_iterable(self._gen)
+
+    @property
+    def outcome(self) -> object | None:
+        """What a journaled run recorded and skipped (see :mod:`spindle.journal`); None
+        for a run without a journal."""
+        return None
 
     def __iter__(self) -> Iterator[Any]:
         return self._items
@@ -230,7 +201,7 @@ class Results(Iterator[Any]):
         """A run ``with_inputs``: its results as ``(inputs, results)``, two lists of the
         same length, as they arrive. For consumers that take the inputs and the results
         apart anyway: no pair is built per item. Call it before taking any result."""
-        if not self._ex.tagged:
+        if not self._tagged:
             raise RuntimeError("chunks_with_inputs() needs a run with with_inputs=True")
         if inspect.getgeneratorstate(self._run) != inspect.GEN_CREATED or (
             inspect.getgeneratorstate(self._gen) != inspect.GEN_CREATED
@@ -253,7 +224,7 @@ class Results(Iterator[Any]):
     def stats(self) -> list[StageStats]:
         return self._ex.stats()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> RunSnapshot:
         """The run as plain data: elapsed, status, and per stage the counters and
         latency percentiles, the workers' states and the most recent failures."""
         return self._ex.snapshot()
@@ -322,7 +293,7 @@ class _Execution:
     def stats(self) -> list[StageStats]:
         return [r.stats() for r in self.runners]
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> RunSnapshot:
         """Plain data about the run; cheap, and safe to call from any thread (it only
         reads counters and copies small bounded buffers)."""
         started = self.started_at
@@ -330,7 +301,7 @@ class _Execution:
             (f for r in self.runners for f in list(r.recent_failures)), key=lambda f: f["time"]
         )[-50:]
         stages = [r.snapshot() for r in self.runners]
-        snap: dict[str, Any] = {
+        snap: RunSnapshot = {
             "elapsed": 0.0 if started is None else time.monotonic() - started,
             "status": self.status,
             "total": self.total,
@@ -340,14 +311,15 @@ class _Execution:
         }
         # A stage's report may carry rows of a section of the whole run (a fetch
         # stage's "hosts"): the run's section gathers those of every stage.
-        for stage in stages:
+        gathered: dict[str, Any] = snap  # type: ignore[assignment]
+        for stage, runner in zip(stages, self.runners, strict=True):
             report = stage.get("report")
             if report is None:
                 continue
-            for section in RUN_SECTIONS:
+            for section in runner.stage.sections:
                 rows = report.get(section)
                 if isinstance(rows, list):
-                    snap.setdefault(section, []).extend(rows)
+                    gathered.setdefault(section, []).extend(rows)
         return snap
 
     # -- the source ----------------------------------------------------------------
@@ -357,10 +329,10 @@ class _Execution:
         channel = self.channels[0]
         try:
             if isinstance(iterable, ChunkedSource):
-                self.drawn = _feed_chunks(channel, iterable, self)
+                self.drawn = feed_chunks(channel, iterable, self, self.tagged)
                 channel.close()
                 return
-            self.drawn = _feed(channel, iter(iterable), self)
+            self.drawn = feed(channel, iter(iterable), self)
         except ChannelClosed:
             return
         except BaseException as exc:  # the user's iterable raised: stop the run with it
@@ -559,56 +531,6 @@ class _Execution:
                 self.source_thread.join(_SOURCE_JOIN)
 
 
-#: Iterators that never block, read in chunks by the source thread.
-_EMPTY: tuple[Iterable[Any], ...] = ([], (), range(0), "", b"", {}, set(), frozenset(), {}.values())
-_IN_MEMORY = tuple(type(iter(x)) for x in _EMPTY)
-_SOURCE_CHUNK = 1024
-
-
-def _feed(channel: Channel[Any], it: Iterator[Any], ex: _Execution) -> int:
-    """Feed the first channel from the caller's iterator; return how many items.
-
-    An iterator over an in-memory collection cannot block, so it is read in chunks at
-    C speed. Any other iterator (a generator, a file, a socket) might block between
-    two items, so each item is put as soon as it is read: nothing waits in the source
-    thread for a chunk to fill.
-    """
-    n = 0
-    if isinstance(it, _IN_MEMORY):
-        put = channel.put_blocking
-        tagged = channel.tagged
-        while chunk := list(islice(it, _SOURCE_CHUNK)):
-            put(chunk, _source_tags(chunk) if tagged else None)
-            n += len(chunk)
-            ex.drawn = n
-        return n
-    append = channel._chunks.append
-    # A tagged channel takes each chunk's tags first: None, the item is its own input,
-    # except a Failure from the source (a malformed line), which keeps its input.
-    tag = channel._tags.append if channel.tagged else None
-    for n, item in enumerate(it, 1):
-        # Inline fast path of put_blocking([item]) (see spindle._core.channel).
-        if channel.total_in - channel.total_out >= channel.capacity:
-            ex.drawn = n - 1
-            channel.wait_room_blocking()  # raises ChannelClosed when the run stops
-        if tag is not None:
-            tag([item.item] if type(item) is Failure else None)
-        append([item])
-        channel.total_in += 1
-        if channel._getters:
-            channel._wake(channel._getters)
-    return n
-
-
-def _source_tags(chunk: list[Any]) -> list[Any] | None:
-    """The inputs of a chunk of the source: None (each item is its own), unless it holds
-    a Failure (a malformed line), whose input is the item it failed on. A block of
-    lines that parsed whole says so (``clean``): it is not scanned again."""
-    if getattr(chunk, "clean", False) or Failure not in map(type, chunk):
-        return None
-    return [x.item if type(x) is Failure else x for x in chunk]
-
-
 def _tagged_chunks(out: Channel[Any]) -> Iterator[tuple[list[Any], list[Any]]]:
     """The output of a tagged run as ``(inputs, results)`` lists, everything that
     arrived during one wait as one pair of lists."""
@@ -630,36 +552,6 @@ def _pairs(columns: Generator[Any, None, None]) -> Generator[list[Any], None, No
             yield list(zip(inputs, results, strict=True))
     finally:
         columns.close()
-
-
-class ChunkedSource:
-    """An input given as lists of items, each list put into the pipeline whole.
-
-    For a producer that already reads its input in chunks (the journal claims keys a
-    chunk at a time): the source thread then moves a list per step instead of an item.
-    """
-
-    __slots__ = ("chunks",)
-
-    def __init__(self, chunks: Iterable[list[Any]]) -> None:
-        self.chunks = chunks
-
-    def __iter__(self) -> Iterator[Any]:
-        for chunk in self.chunks:
-            yield from chunk
-
-
-def _feed_chunks(channel: Channel[Any], source: ChunkedSource, ex: _Execution) -> int:
-    n = 0
-    put = channel.put_blocking
-    tagged = ex.tagged
-    for chunk in source.chunks:
-        if not chunk:
-            continue
-        put(chunk, _source_tags(chunk) if tagged else None)
-        n += len(chunk)
-        ex.drawn = n
-    return n
 
 
 async def _finish(fut: asyncio.Future[Any]) -> None:

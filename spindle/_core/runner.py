@@ -42,8 +42,9 @@ from typing import Any
 
 from .._failure import Failure, short_repr
 from ..executors.base import Executor, Outcome
-from ..observe.histogram import LatencyHistogram
 from .channel import Channel
+from .histogram import LatencyHistogram
+from .snapshot import FailureSnapshot, StageSnapshot
 from .stage import Stage, StageStats
 
 #: A ticket's results ready to leave: (results, the inputs they came from when the run
@@ -92,7 +93,7 @@ class StageRunner:
         self.in_flight = 0
         self.latency = LatencyHistogram()
         self._latencies: list[float] = []
-        self.recent_failures: deque[dict[str, Any]] = deque(maxlen=50)
+        self.recent_failures: deque[FailureSnapshot] = deque(maxlen=50)
         stage._last_run.attach(self)
 
     def finish(self) -> None:
@@ -228,11 +229,11 @@ class StageRunner:
                     }
                 )
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> StageSnapshot:
         """This stage as plain data (the ``stages`` entries of a run's snapshot)."""
         self._flush_latencies()
         extra = self.executor.stats()
-        snap = {
+        snap: StageSnapshot = {
             "name": self.stage.name,
             "kind": self.stage.kind,
             "done": self.done,

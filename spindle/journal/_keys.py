@@ -21,10 +21,9 @@ from typing import Any, NamedTuple
 import orjson
 import xxhash
 
-from ._errors import SpindleError
-from ._records import _default as json_default
-from .journal import Key
-from .journal._base import DEFAULT_KEY_SCHEME
+from .._errors import SpindleError
+from ..connectors import json_default
+from ._base import DEFAULT_KEY_SCHEME, Key
 
 __all__ = [
     "DEFAULT_SCHEME",

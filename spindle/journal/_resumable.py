@@ -1,7 +1,7 @@
 """``Pipeline.run(items, journal=PATH)`` and ``spindle.map(..., journal=PATH)``: a lazy
 iterator of results that the same call, made again, resumes.
 
-It joins the same parts as ``spindle map --journal`` (:mod:`spindle._journaled`): the
+It joins the same parts as ``spindle map --journal`` (:mod:`._driver`): the
 source thread keys each input and claims it in the journal, so that inputs done in an
 earlier run and repeated inputs never run; the caller's thread records each result
 under its key. What differs is who takes the results: the caller.
@@ -28,25 +28,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from itertools import chain
 from typing import Any
 
-from ._core.pipeline import ChunkedSource, Pipeline, Results, Service
-from ._failure import Failure
-from ._journaled import (
-    CHUNK,
-    Claimer,
-    KeyFunction,
-    RunOutcome,
-    open_journal,
-    pipeline_fingerprint,
-    recorded,
-    refuse_flat,
-    refuse_without_journal,
-)
-from ._keys import field_key, keys_for
-from .journal import SqliteJournal
-from .observe.report import to_json
+from .._core.pipeline import Pipeline, Results, Service
+from .._failure import Failure
+from ._driver import JournaledRun, RunOutcome, open_journal, pipeline_fingerprint, refuse_flat
+from ._driver import refuse_without_journal as refuse_without_journal
+from ._keys import KeyFunction, field_key, keys_for
+from ._sink import JournalSink
+from ._sqlite import SqliteJournal
 
 __all__ = ["JournaledResults", "check_journal_arguments"]
 
@@ -77,7 +67,7 @@ def check_journal_arguments(
 class JournaledResults(Results):
     """The results of a journaled run: a :class:`Results` that records what it hands out.
 
-    ``outcome`` (a :class:`~spindle._journaled.RunOutcome`) counts what this run
+    ``outcome`` (a :class:`~spindle.journal.RunOutcome`) counts what this run
     recorded and skipped; its figures are final once the iterator has ended or closed.
     ``journal`` is the open journal (for :meth:`~spindle.journal.SqliteJournal.summary`).
     """
@@ -107,92 +97,77 @@ class JournaledResults(Results):
         try:
             keys = keys_for(opened.key_scheme)  # the journal's, if it was made before
             key_fn: KeyFunction = field_key(key) if isinstance(key, str) else (key or keys.value)
-            claimer = Claimer(opened, key_fn, keys.value, ordered=pipeline.ordered)
+            run = JournaledRun(opened, key_fn, keys.value)
+            # The run underneath yields failures in place, so that the journal sees them.
             inner = Pipeline(
                 pipeline.stages, ordered=pipeline.ordered, on_error="yield", buffer=pipeline.buffer
             )
-            results = inner.run(
-                ChunkedSource(claimer.claimed(items)),
-                with_inputs=True,
-                total=total,
-                services=services,
-            )
+            results, sink = run.start(inner, items, total=total, services=services)
         except BaseException:
             opened.close()
             raise
-        opened.set_report_source(lambda: to_json(results.snapshot()))
         self.journal: SqliteJournal = opened
-        self.outcome: RunOutcome = RunOutcome()
-        self._inner = results
-        self._ex = results._ex
-        chunks = recorded(results, opened, claimer.keys_of, self.outcome, CHUNK)
-        self._gen = _hand_out(
-            chunks,
-            results,
-            opened,
-            self.outcome,
-            with_inputs=with_inputs,
-            raise_errors=pipeline.on_error == "raise",
+        self._run_outcome = run.outcome
+        columns = _hand_out(
+            run, results, sink, with_inputs=with_inputs, raise_errors=pipeline.on_error == "raise"
         )
         # Started at once, so that a run dropped before its first result still ends in
         # the generator's ``finally`` (a generator never started has none to run). The
         # generator closes everything, not this object: a ``for`` loop keeps only the
         # iterator of ``__iter__``, and drops this object at once.
-        next(self._gen)
-        self._items = chain.from_iterable(self._gen)
+        next(columns)
+        super().__init__(results._ex, columns, with_inputs=with_inputs)
+
+    @property
+    def outcome(self) -> RunOutcome:
+        """What this run recorded and skipped; final once the iteration has ended."""
+        return self._run_outcome
 
     def chunks(self) -> Iterator[list[Any]]:
         """The results in lists, as they arrive (see :meth:`Results.chunks`)."""
         return filter(None, self._gen)
 
-    def close(self) -> None:
-        """Stop the run (if it is running), record what the caller was handed and asked
-        past, and close the journal."""
-        self._gen.close()
+    def chunks_with_inputs(self) -> Iterator[tuple[list[Any], list[Any]]]:
+        """A run ``with_inputs``: ``(inputs, results)`` lists, as they arrive (see
+        :meth:`Results.chunks_with_inputs`)."""
+        if not self._tagged:
+            raise RuntimeError("chunks_with_inputs() needs a run with with_inputs=True")
+        return filter(None, self._run)
 
 
 def _hand_out(
-    chunks: Generator[tuple[list[Any], list[Any]], None, None],
+    run: JournaledRun,
     results: Results,
-    journal: SqliteJournal,
-    outcome: RunOutcome,
+    sink: JournalSink,
     *,
     with_inputs: bool,
     raise_errors: bool,
-) -> Generator[list[Any], None, None]:
-    """The caller's chunks of ``chunks``: values (or pairs), up to the first failure
-    with ``raise_errors``, which is then raised. Closes everything when it ends."""
+) -> Generator[Any, None, None]:
+    """The caller's chunks: lists of values, or with ``with_inputs`` ``(inputs, values)``
+    lists, up to the first failure with ``raise_errors``, which is then raised. A chunk
+    is recorded when the caller asks for the next one, so a result the caller did not
+    finish handling comes again in the next run. Closes everything when it ends."""
     try:
         yield []  # started: see JournaledResults.__init__
-        for inputs, values in chunks:
+        for inputs, values in results.chunks_with_inputs():
             if raise_errors and Failure in map(type, values):
                 first = list(map(type, values)).index(Failure)
                 if first:
                     yield _out(inputs[:first], values[:first], with_inputs)
+                    sink.write(inputs[:first], values[:first])
                 failure: Failure = values[first]
                 raise failure.to_exception()
             yield _out(inputs, values, with_inputs)
-    finally:
-        _finish(chunks, results, journal)
-        stats = journal.stats()
-        outcome.skipped_done = stats.skipped_done
-        outcome.skipped_duplicate = stats.skipped_duplicate
-        outcome.not_started = results.not_started
-
-
-def _out(inputs: list[Any], values: list[Any], with_inputs: bool) -> list[Any]:
-    """The caller's list: fresh, since the results are recorded after the caller is done
-    with it (a caller that sorts or clears its chunk changes nothing recorded)."""
-    return list(zip(inputs, values, strict=True)) if with_inputs else list(values)
-
-
-def _finish(gen: Generator[Any, None, None], results: Results, journal: SqliteJournal) -> None:
-    """Close in order: the recording (it records what the caller asked past), the run,
-    then the journal (its last commit). Each step does nothing the second time."""
-    try:
-        gen.close()
+            sink.write(inputs, values)
     finally:
         try:
             results.close()
         finally:
-            journal.close()
+            sink.close()  # records what it holds; the journal's last commit
+            run.finish(results, sink)
+
+
+def _out(inputs: list[Any], values: list[Any], with_inputs: bool) -> Any:
+    """The caller's lists: fresh, since the results are recorded after the caller is done
+    with them (a caller that sorts or clears its chunk changes nothing recorded)."""
+    return (list(inputs), list(values)) if with_inputs else list(values)

@@ -22,6 +22,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .._core.histogram import HistogramDict as HistogramDict
+from .._core.histogram import HistogramError as HistogramError
+from .._core.histogram import LatencyHistogram as LatencyHistogram
+from .._core.histogram import LatencySnapshot as LatencySnapshot
 from ._errors import BindError as BindError
 from ._errors import MissingExtra as MissingExtra
 from ._errors import TokenRequired as TokenRequired
@@ -32,10 +36,6 @@ from ._snapshot import SnapshotFn as SnapshotFn
 from ._snapshot import StageSnapshot as StageSnapshot
 from ._snapshot import WorkerSnapshot as WorkerSnapshot
 from ._snapshot import normalize as normalize
-from .histogram import HistogramDict as HistogramDict
-from .histogram import HistogramError as HistogramError
-from .histogram import LatencyHistogram as LatencyHistogram
-from .histogram import LatencySnapshot as LatencySnapshot
 from .rates import RateWindow as RateWindow
 from .rates import StagePoint as StagePoint
 from .rates import Timeline as Timeline

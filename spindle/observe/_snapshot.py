@@ -1,10 +1,11 @@
 """The snapshot every observer reads, and its normalisation.
 
 The engine hands observers a callable ``snapshot() -> dict`` that is cheap and safe to
-call from the event loop thread. Its schema is the :class:`Snapshot` below; extra keys
-may appear and are ignored. :func:`normalize` fills in missing keys with zeros so that
-the display, the report, the Prometheus collector and the timeline never see a
-``KeyError`` from an older or partial snapshot::
+call from the event loop thread. Its schema is the engine's
+(:mod:`spindle._core.snapshot`), with the sections observers know how to show (a fetch
+run's ``hosts``); extra keys may appear and are ignored. :func:`normalize` fills in
+missing keys with zeros so that the display, the report, the Prometheus collector and the
+timeline never see a ``KeyError`` from an older or partial snapshot::
 
     engine ──snapshot()──▶ normalize() ──▶ LiveDisplay | report | Prometheus | dashboard | Timeline
 """
@@ -13,9 +14,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, TypedDict
 
-from .histogram import LatencySnapshot
+from .._core.snapshot import (
+    FailureSnapshot,
+    LatencySnapshot,
+    RunSnapshot,
+    StageSnapshot,
+    WorkerSnapshot,
+)
 
 __all__ = [
     "FailureSnapshot",
@@ -30,45 +37,6 @@ __all__ = [
 Status = Literal["running", "stopping", "done", "failed"]
 
 
-class StageSnapshot(TypedDict):
-    """One stage of the pipeline: counters, gauges and its latency summary; ``report``
-    is the merged figures of the stage's reporter, for a stage that has one."""
-
-    name: str
-    kind: str
-    done: int
-    failed: int
-    retried: int
-    in_flight: int
-    queued: int
-    workers: int
-    restarts: int
-    latency: LatencySnapshot
-    report: NotRequired[dict[str, Any]]
-
-
-class WorkerSnapshot(TypedDict):
-    """One worker of a stage (a process, a thread or a loop slot)."""
-
-    stage: str
-    index: int
-    pid: int | None
-    state: str
-    jobs: int
-    restarts: int
-
-
-class FailureSnapshot(TypedDict):
-    """One recent failure, with the worker's traceback as text."""
-
-    time: float
-    stage: str
-    item: str
-    error: str
-    message: str
-    traceback: str
-
-
 class HostSnapshot(TypedDict):
     """Per-host figures of a fetch run, added up over the stage's worker processes
     (``limit`` is the host's concurrency limit now)."""
@@ -80,17 +48,9 @@ class HostSnapshot(TypedDict):
     limit: int
 
 
-class _SnapshotBase(TypedDict):
-    elapsed: float
-    status: str
-    total: int | None
-    stages: list[StageSnapshot]
-    workers: list[WorkerSnapshot]
-    failures: list[FailureSnapshot]
-
-
-class Snapshot(_SnapshotBase, total=False):
-    """What ``snapshot()`` returns (``hosts`` only for fetch runs)."""
+class Snapshot(RunSnapshot, total=False):
+    """The engine's :class:`~spindle._core.snapshot.RunSnapshot` as the observers read it:
+    with the ``hosts`` section of a fetch run, which they show as a table."""
 
     hosts: list[HostSnapshot]
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
+from .._core.histogram import LatencySnapshot
 from . import _format as fmt
 from ._snapshot import FailureSnapshot, HostSnapshot, _float, _int, _latency, _maps, normalize
-from .histogram import LatencySnapshot
 
 __all__ = [
     "FailureGroup",

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import orjson
 
+from spindle.connectors import FailuresOutput, open_output
 from spindle.journal import Record, SqliteJournal
-from spindle.outputs import FailuresOutput, open_output
 
 
 def key_of(item: dict[str, int]) -> bytes:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import orjson
 
+from spindle.connectors import FailuresOutput, open_output
 from spindle.journal import Record, SqliteJournal
-from spindle.outputs import FailuresOutput, open_output
 
 EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "sqlite": "db", "parquet": "parquet"}
 

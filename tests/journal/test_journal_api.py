@@ -1,5 +1,5 @@
 """``spindle.map(..., journal=PATH)`` and ``Pipeline.run(items, journal=PATH)``: the
-Python API's resumable runs (see ``spindle/_resumable.py``)."""
+Python API's resumable runs (see ``spindle/journal/_resumable.py``)."""
 
 from __future__ import annotations
 
@@ -162,6 +162,23 @@ def test_unordered_and_with_inputs(tmp_path: Path) -> None:
     assert results.snapshot()["stages"][0]["done"] == 500
 
 
+def test_chunks_with_inputs_of_a_journaled_run(tmp_path: Path) -> None:
+    journal = tmp_path / "j.db"
+    pipeline = spindle.Pipeline([spindle.thread(square, workers=2)], on_error="yield")
+    seen: dict[int, int] = {}
+    with pipeline.run(range(3000), journal=journal, with_inputs=True) as results:
+        for inputs, values in results.chunks_with_inputs():
+            assert len(inputs) == len(values)
+            seen.update(zip(inputs, values, strict=True))
+    assert seen == {x: x * x for x in range(3000)}
+    assert states(journal) == {"done": 3000}
+    # Without with_inputs there are no inputs to give: said at once, as without a journal.
+    plain = pipeline.run(range(10), journal=tmp_path / "other.db")
+    with pytest.raises(RuntimeError, match="with_inputs=True"):
+        plain.chunks_with_inputs()
+    plain.close()
+
+
 def test_a_run_left_open_names_itself_and_closing_releases_it(tmp_path: Path) -> None:
     journal = tmp_path / "j.db"
     results = spindle.map(Calls(), range(10), kind="thread", journal=journal)
@@ -275,8 +292,8 @@ def test_ctrl_c_closes_the_journal_and_the_same_call_finishes(tmp_path: Path) ->
 
 
 def test_keys_of_ordered_results_are_taken_in_claim_order_past_dropped_items() -> None:
-    from spindle._journaled import Claimer
     from spindle.journal import MemoryJournal
+    from spindle.journal._claims import Claimer
 
     items = [f"item {i}" for i in range(7)]
     claimer = Claimer(MemoryJournal(), str.upper, str.upper, ordered=True)

@@ -22,8 +22,8 @@ import pytest
 from crash_child import EXTENSIONS, inputs, is_failure, key_of
 from journal_helpers import journal_states, journal_totals, read_jsonl, read_output
 
+from spindle.connectors import FailuresOutput, open_output
 from spindle.journal import SqliteJournal, read_status
-from spindle.outputs import FailuresOutput, open_output
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]

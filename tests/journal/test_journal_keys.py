@@ -9,9 +9,8 @@ from pathlib import Path
 import xxhash
 
 import spindle
-from spindle._journaled import run_journaled
-from spindle._keys import DEFAULT_SCHEME, keys_for
-from spindle.journal import item_states
+from spindle.journal import item_states, run_journaled
+from spindle.journal._keys import DEFAULT_SCHEME, keys_for
 from spindle.journal._log import pack_keys, unpack_keys
 
 
@@ -59,7 +58,7 @@ def test_a_journal_keyed_with_blake2b_resumes_with_blake2b(tmp_path: Path) -> No
 
 
 def test_lines_keyed_from_their_bytes_get_the_keys_of_their_text(tmp_path: Path) -> None:
-    from spindle._records import Items
+    from spindle.connectors import Items
 
     path = tmp_path / "in.txt"
     path.write_bytes("a\r\nü ß\n\n  spaced  \nlast".encode())

@@ -13,7 +13,7 @@ import pytest
 from journal_helpers import read_csv, read_jsonl, read_parquet, read_sqlite
 
 from spindle._errors import ConfigError, SpindleError
-from spindle.outputs import (
+from spindle.connectors import (
     CsvOutput,
     FailuresOutput,
     JsonlOutput,

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spindle import SpindleError
+from spindle._core.histogram import HIGHEST, LOWEST, MAX_BUCKETS, RELATIVE_ERROR
 from spindle.observe import HistogramError, LatencyHistogram
-from spindle.observe.histogram import HIGHEST, LOWEST, MAX_BUCKETS, RELATIVE_ERROR
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -182,6 +182,7 @@ def fetch_stage(
         route=host_of if shards == 1 else functools.partial(host_share_of, shards),
         reporter=report_hosts,
         merge_reports=merge_hosts,
+        sections=("hosts",),  # each host's row also goes into the run's "hosts"
     )
 
 
