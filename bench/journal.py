@@ -63,10 +63,10 @@ def run_map(
     """One `spindle map` run in this process, as the command line does it; its figures."""
     from spindle import Pipeline
     from spindle._core.stage import make_stage
-    from spindle._journaled import open_map_journal
-    from spindle._records import RecordWriter, read_items
-    from spindle._report import Observers
-    from spindle.cli import _drive, _Signals
+    from spindle.cli._driver import PlainTarget, Target, drive
+    from spindle.cli._observers import Observers
+    from spindle.cli.map import open_map_journal
+    from spindle.connectors import RecordWriter, read_items
 
     from . import work
 
@@ -79,11 +79,11 @@ def run_map(
     source = read_items(str(input_path), "text")
     pipeline = Pipeline([stage], on_error="yield")
     with contextlib.redirect_stderr(stderr):
+        target: Target
         if journal is None:
-            writer = RecordWriter(str(output))
-            code = _drive(pipeline, source, writer, view=view, total=None, grace=5.0)
+            target = PlainTarget(RecordWriter(str(output)))
         else:
-            journaled = open_map_journal(
+            target = open_map_journal(
                 journal=str(journal),
                 output=str(output),
                 fn=fn,
@@ -95,9 +95,7 @@ def run_map(
                 force=False,
                 output_format=None,
             )
-            code = journaled.run(
-                pipeline, source, view=view, total=None, grace=5.0, signals=_Signals
-            )
+        code = drive(pipeline, source, target, view=view, grace=5.0)
     seconds = time.perf_counter() - started
     source.close()
     return {"seconds": seconds, "code": code, "summary": stderr.getvalue().strip()}
@@ -107,7 +105,7 @@ def run_api(job: str, kind: str, n: int, journal: Path | None) -> dict[str, Any]
     """``spindle.map(fn, range(n), journal=...)`` from Python, results taken and
     dropped: the tiny benchmark of ``python -m bench``, with and without a journal."""
     import spindle
-    import spindle._resumable  # what journal= imports: imports are not timed
+    import spindle.journal._resumable  # what journal= imports: imports are not timed
 
     from . import work
 

@@ -306,7 +306,7 @@ def test_run_journaled_from_python(tmp_path: Path) -> None:
     import threading
 
     import spindle
-    from spindle._journaled import run_journaled
+    from spindle.journal import run_journaled
 
     seen: list[int] = []
     lock = threading.Lock()

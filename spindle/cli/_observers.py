@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from ._core.pipeline import Service
-from .observe.display import LiveDisplay
-from .observe.report import render_text, to_json
+from .._core.pipeline import Service
+from ..observe.display import LiveDisplay
+from ..observe.report import render_text, to_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,7 +115,7 @@ class Observers:
         # The servers load aiohttp: imported only when asked for, so that a run
         # without them starts a few hundred milliseconds sooner.
         if self.metrics_port is not None:
-            from .observe.prometheus import serve_metrics
+            from ..observe.prometheus import serve_metrics
 
             port = self.metrics_port
             out.append(
@@ -124,7 +124,7 @@ class Observers:
                 )
             )
         if self.dashboard_port is not None:
-            from .observe.dashboard import serve_dashboard
+            from ..observe.dashboard import serve_dashboard
 
             dport = self.dashboard_port
             out.append(
@@ -134,7 +134,7 @@ class Observers:
             )
         return out
 
-    def finish(self, snapshot: dict[str, Any]) -> None:
+    def finish(self, snapshot: Mapping[str, Any]) -> None:
         """The final report on stderr (unless quiet), and its JSON if asked for."""
         if not self.quiet:
             print(render_text(snapshot), file=sys.stderr)
