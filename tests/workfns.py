@@ -238,3 +238,136 @@ def slow_after_two_inits() -> None:
         f.write("x")
     if os.path.getsize(counter) > 2:
         time.sleep(60)
+
+
+# -- Jobs of the executor behaviour suite (tests/executors) ------------------------------
+# Each comes as a plain function (thread workers, sync cpu workers) and an ``async def``
+# twin (io stages, async cpu workers) that behave alike.
+
+#: What the blocking jobs below wait for. A worker process never sees it set (it is
+#: killed); the suite's ``gate`` fixture sets it when a test ends, so that a thread job
+#: left running (a thread cannot be stopped) returns and its thread can be joined.
+GATE = threading.Event()
+#: Longest wait on GATE: a job that nobody stops still ends.
+GATE_LIMIT = 30.0
+
+
+def block_on_3(x: int) -> int:
+    if x == 3:
+        GATE.wait(GATE_LIMIT)
+    return x
+
+
+def block_from_4(x: int) -> int:
+    if x >= 4:
+        GATE.wait(GATE_LIMIT)
+    return x
+
+
+async def async_block_from_4(x: int) -> int:
+    if x >= 4:
+        await asyncio.sleep(GATE_LIMIT)
+    return x
+
+
+def _unevenness(x: int) -> float:
+    """0 to 8 ms, spread so that neighbouring items differ."""
+    return (x * 7 % 5) * 0.002
+
+
+def uneven_square(x: int) -> int:
+    time.sleep(_unevenness(x))
+    return x * x
+
+
+async def async_uneven_square(x: int) -> int:
+    await asyncio.sleep(_unevenness(x))
+    return x * x
+
+
+async def async_fail_on_multiples_of_7(x: int) -> int:
+    await asyncio.sleep(0)
+    if x % 7 == 0:
+        raise ValueError(f"no multiples of 7, got {x}")
+    return x * 2
+
+
+async def atens(x: int) -> AsyncIterator[int]:
+    yield x * 10
+    await asyncio.sleep(0)
+    yield x * 10 + 1
+
+
+def tens_but_3_fails(x: int) -> Iterator[int]:
+    """A flat map whose input 3 fails after its first output."""
+    yield x * 10
+    if x == 3:
+        raise ValueError("3 broke after one output")
+    yield x * 10 + 1
+
+
+async def atens_but_3_fails(x: int) -> AsyncIterator[int]:
+    yield x * 10
+    await asyncio.sleep(0)
+    if x == 3:
+        raise ValueError("3 broke after one output")
+    yield x * 10 + 1
+
+
+def _count_attempt(marks: str, x: int) -> int:
+    """Record one more attempt at item ``x`` in a file; return the attempts so far."""
+    path = os.path.join(marks, f"attempts-{x}")
+    with open(path, "a") as f:
+        f.write("x")
+    return os.path.getsize(path)
+
+
+def flaky(item: tuple[str, int, int]) -> int:
+    """``(marks, x, fails)``: fails the first ``fails`` attempts at ``x``, then gives x."""
+    marks, x, fails = item
+    if _count_attempt(marks, x) <= fails:
+        raise Flaky(f"attempt at {x} failed")
+    return x
+
+
+async def async_flaky(item: tuple[str, int, int]) -> int:
+    await asyncio.sleep(0)
+    return flaky(item)
+
+
+async def async_permanent_failure(x: int) -> int:
+    await asyncio.sleep(0)
+    return permanent_failure(x)
+
+
+def exit_on_5(x: int) -> int:
+    if x == 5:
+        os._exit(3)
+    return x
+
+
+async def async_exit_on_5(x: int) -> int:
+    await asyncio.sleep(0)
+    return exit_on_5(x)
+
+
+async def async_kill_self_on_5(x: int) -> int:
+    await asyncio.sleep(0)
+    return kill_self_on_5(x)
+
+
+async def async_return_lock(x: int) -> Any:
+    await asyncio.sleep(0)
+    return return_lock(x)
+
+
+async def async_raise_unbuildable(x: int) -> int:
+    await asyncio.sleep(0)
+    raise Unbuildable(x, x)
+
+
+def model_scale(x: int) -> int:
+    """``x`` times the scale of the worker's model (what ``make_model`` returned)."""
+    import spindle
+
+    return x * spindle.worker_state()["scale"]  # type: ignore[no-any-return]

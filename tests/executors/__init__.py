@@ -1,0 +1,1 @@
+"""The behaviour suite run over every kind of executor (see ``_suite``)."""
