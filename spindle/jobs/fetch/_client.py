@@ -40,7 +40,6 @@ import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self
 
 from yarl import URL
@@ -58,13 +57,11 @@ from ._response import FetchResult
 from ._retry import REDIRECT_STATUSES, RETRY_STATUSES, THROTTLE_STATUSES, parse_retry_after
 from ._robots import ROBOTS_MAX_BYTES, RobotsRules
 from ._transport import (
-    BadResponse,
     ConnectFailed,
     ConnectionLost,
     ConnectTimeout,
     HttpError,
     ReadTimeout,
-    TLSFailed,
     TotalTimeout,
     Transport,
     TransportResponse,
@@ -169,12 +166,7 @@ class Fetcher:
         )
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -373,17 +365,13 @@ class Fetcher:
         return _Done(str(response.url), status, headers, body, saved)
 
     def _client_error(self, host: Host, exc: HttpError) -> _Outcome:
-        if isinstance(exc, TLSFailed):
-            host.on_error(connection=False)
-            return _Fail(str(exc), exc)
-        if isinstance(exc, ConnectTimeout | ConnectFailed | ConnectionLost):
-            host.on_error(connection=True)
+        """No usable answer. A host that could not be reached (which counts toward its
+        breaker) or that timed out is tried again; any other failure (a TLS error, a
+        malformed answer) would fail the same way again, so it fails at once."""
+        connection = isinstance(exc, ConnectTimeout | ConnectFailed | ConnectionLost)
+        host.on_error(connection=connection)
+        if connection or isinstance(exc, ReadTimeout | TotalTimeout):
             return _Retry(str(exc), None, exc)
-        if isinstance(exc, ReadTimeout | TotalTimeout):
-            host.on_error(connection=False)
-            return _Retry(str(exc), None, exc)
-        host.on_error(connection=False)
-        assert isinstance(exc, BadResponse)
         return _Fail(str(exc), exc)
 
     async def _enter_turn(self, host: Host) -> None:

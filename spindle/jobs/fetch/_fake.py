@@ -37,7 +37,7 @@ from yarl import URL
 
 from spindle.policies.clock import Clock
 
-from ._transport import HttpError, TotalTimeout
+from ._transport import HttpError, TotalTimeout, read_chunks
 from ._urls import host_key
 
 #: Size of the pieces a scripted body is handed over in.
@@ -229,17 +229,7 @@ class FakeResponse:
         self.released = False
 
     async def read(self, max_bytes: int, *, truncate: bool = False) -> bytes | None:
-        parts: list[bytes] = []
-        size = 0
-        async for piece in self.chunks():
-            parts.append(piece)
-            size += len(piece)
-            if size > max_bytes:
-                break
-        body = b"".join(parts)
-        if len(body) > max_bytes:
-            return body[:max_bytes] if truncate else None
-        return body
+        return await read_chunks(self.chunks(), max_bytes, truncate)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         body = self._body

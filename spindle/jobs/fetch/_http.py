@@ -50,6 +50,7 @@ from ._transport import (
     ReadTimeout,
     TLSFailed,
     TotalTimeout,
+    read_chunks,
 )
 
 #: Body bytes buffered unread before the connection stops reading (back-pressure).
@@ -103,19 +104,11 @@ class Response:
         """The whole decoded body, or ``None`` once it grows past ``max_bytes`` (with
         ``truncate``, its first ``max_bytes`` bytes instead)."""
         if self.complete and "content-encoding" not in self.headers:
-            body = self._take()
-        else:
-            parts: list[bytes] = []
-            size = 0
-            async for piece in self.chunks():
-                parts.append(piece)
-                size += len(piece)
-                if size > max_bytes:
-                    break
-            body = b"".join(parts)
-        if len(body) > max_bytes:
-            return body[:max_bytes] if truncate else None
-        return body
+            body = self._take()  # whole and not compressed: no chunk loop
+            if len(body) > max_bytes:
+                return body[:max_bytes] if truncate else None
+            return body
+        return await read_chunks(self.chunks(), max_bytes, truncate)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The decoded body, piece by piece, as it arrives."""

@@ -116,6 +116,23 @@ class Transport(Protocol):
         ...
 
 
+async def read_chunks(chunks: AsyncIterator[bytes], max_bytes: int, truncate: bool) -> bytes | None:
+    """:meth:`TransportResponse.read` made of its ``chunks()``: they are joined until
+    the body is whole or has grown past ``max_bytes``, so an oversized body is never
+    read beyond one chunk more than the limit."""
+    parts: list[bytes] = []
+    size = 0
+    async for piece in chunks:
+        parts.append(piece)
+        size += len(piece)
+        if size > max_bytes:
+            break
+    body = b"".join(parts)
+    if len(body) > max_bytes:
+        return body[:max_bytes] if truncate else None
+    return body
+
+
 def content_length(headers: dict[str, str]) -> int | None:
     """The body length an answer declares, if it declares a valid one."""
     value = headers.get("content-length")
