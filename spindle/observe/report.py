@@ -24,7 +24,8 @@ from typing import Any, TypedDict
 
 from .._core.histogram import LatencySnapshot
 from . import _format as fmt
-from ._snapshot import FailureSnapshot, HostSnapshot, _float, _int, _latency, _maps, normalize
+from ._fields import Table, int_or_none, maps, text, texts, to_float, to_int
+from ._snapshot import FAILURE, HOST, LATENCY, FailureSnapshot, HostSnapshot, normalize
 
 __all__ = [
     "FailureGroup",
@@ -164,56 +165,70 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
     return lines
 
 
+_STAGE_REPORT = Table(
+    StageReport,
+    {
+        "name": text(),  # stage<i> when missing: see _stage_reports
+        "kind": text(),
+        "done": to_int,
+        "failed": to_int,
+        "retried": to_int,
+        "restarts": to_int,
+        "workers": to_int,
+        "throughput": to_float,
+        "latency": LATENCY,
+    },
+)
+
+
+def _stage_reports(value: object) -> list[StageReport]:
+    return [_STAGE_REPORT(s, name=f"stage{i}") for i, s in enumerate(maps(value))]
+
+
+_FAILURE_GROUP = Table(
+    FailureGroup,
+    {
+        "error": text(),
+        "message": text(),
+        "count": to_int,
+        "stages": texts,
+        "example": FAILURE,
+    },
+)
+
+
+def _failure_groups(value: object) -> list[FailureGroup]:
+    # A group without an example is dropped: there is nothing to show for it.
+    return [_FAILURE_GROUP(g) for g in maps(value) if isinstance(g.get("example"), Mapping)]
+
+
+_REPORT = Table(
+    Report,
+    {
+        "status": text("running"),
+        "elapsed": to_float,
+        "total": int_or_none,
+        "done": to_int,
+        "failed": to_int,
+        "retried": to_int,
+        "worker_restarts": to_int,
+        "throughput": to_float,
+        "stages": _stage_reports,
+        "failures_shown": to_int,
+        "failure_groups": _failure_groups,
+    },
+    optional=("hosts",),
+)
+
+
 def report_from_json(data: object) -> Report | None:
     """A complete :class:`Report` from one that was stored as JSON (by a journaled run),
     with zeros or empty lists where keys are missing; None if ``data`` is not a report."""
     if not isinstance(data, Mapping):
         return None
-    total = data.get("total")
-    stages: list[StageReport] = [
-        {
-            "name": str(s.get("name", f"stage{i}")),
-            "kind": str(s.get("kind", "")),
-            "done": _int(s.get("done")),
-            "failed": _int(s.get("failed")),
-            "retried": _int(s.get("retried")),
-            "restarts": _int(s.get("restarts")),
-            "workers": _int(s.get("workers")),
-            "throughput": _float(s.get("throughput")),
-            "latency": _latency(s.get("latency")),
-        }
-        for i, s in enumerate(_maps(data.get("stages")))
-    ]
-    groups: list[FailureGroup] = []
-    for g in _maps(data.get("failure_groups")):
-        example = normalize({"failures": [g.get("example")]})["failures"]
-        if not example:
-            continue
-        stages_of = g.get("stages")
-        groups.append(
-            {
-                "error": str(g.get("error", "")),
-                "message": str(g.get("message", "")),
-                "count": _int(g.get("count")),
-                "stages": [str(x) for x in stages_of] if isinstance(stages_of, list) else [],
-                "example": example[0],
-            }
-        )
-    report: Report = {
-        "status": str(data.get("status", "running")),
-        "elapsed": _float(data.get("elapsed")),
-        "total": total if isinstance(total, int) and not isinstance(total, bool) else None,
-        "done": _int(data.get("done")),
-        "failed": _int(data.get("failed")),
-        "retried": _int(data.get("retried")),
-        "worker_restarts": _int(data.get("worker_restarts")),
-        "throughput": _float(data.get("throughput")),
-        "stages": stages,
-        "failures_shown": _int(data.get("failures_shown")),
-        "failure_groups": groups,
-    }
+    report = _REPORT(data)
     if "hosts" in data:
-        report["hosts"] = normalize({"hosts": data.get("hosts")})["hosts"]
+        report["hosts"] = HOST.rows(data.get("hosts"))
     return report
 
 
