@@ -65,6 +65,7 @@ def run_map(
     from spindle._core.stage import make_stage
     from spindle.cli._driver import PlainTarget, Target, drive
     from spindle.cli._observers import Observers
+    from spindle.cli._options import RunOptions
     from spindle.cli.map import open_map_journal
     from spindle.connectors import RecordWriter, read_items
 
@@ -83,17 +84,27 @@ def run_map(
         if journal is None:
             target = PlainTarget(RecordWriter(str(output)))
         else:
-            target = open_map_journal(
-                journal=str(journal),
+            run = RunOptions(
                 output=str(output),
+                grace=5.0,
+                quiet=True,
+                stats_json=None,
+                metrics_port=None,
+                dashboard_port=None,
+                dashboard_host="127.0.0.1",
+                dashboard_token=None,
+                journal=str(journal),
+                retry_failed=False,
+                force=False,
+                output_format=None,
+            )
+            target = open_map_journal(
+                run,
                 fn=fn,
                 spec=f"bench.work:{job}",
                 input_path=str(input_path),
                 fmt="text",
                 key=None,
-                retry_failed=False,
-                force=False,
-                output_format=None,
             )
         code = drive(pipeline, source, target, view=view, grace=5.0)
     seconds = time.perf_counter() - started

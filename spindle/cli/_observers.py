@@ -1,67 +1,21 @@
-"""What the command line shows: a live display, servers, a final report and summary."""
+"""What the command line shows of a run: a live display, servers, the final report and
+the summary line."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-import click
 import orjson
 
 from .._core.pipeline import Service
 from ..observe.display import LiveDisplay
 from ..observe.report import render_text, to_json
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-#: The options of every command that runs a pipeline, for what the run shows beyond
-#: the live display; the command passes them to :class:`Observers`.
-_OBSERVE_OPTIONS = [
-    click.option(
-        "--stats-json",
-        type=click.Path(dir_okay=False, writable=True),
-        help="Write the final report as JSON to this file.",
-    ),
-    click.option(
-        "--metrics-port",
-        type=click.IntRange(0, 65535),
-        help="Serve Prometheus metrics on this port (127.0.0.1) during the run.",
-    ),
-    click.option(
-        "--dashboard",
-        "dashboard_port",
-        type=click.IntRange(0, 65535),
-        is_flag=False,
-        flag_value=0,
-        default=None,
-        metavar="[PORT]",
-        help="Serve a live dashboard (on PORT, or a free port) during the run.",
-    ),
-    click.option(
-        "--dashboard-host",
-        default="127.0.0.1",
-        show_default=True,
-        help="Address the dashboard and metrics bind to; beyond loopback needs a token.",
-    ),
-    click.option(
-        "--dashboard-token",
-        envvar="SPINDLE_DASHBOARD_TOKEN",
-        help="Token required on every dashboard/metrics request.",
-    ),
-]
-
-
-def observe_options(command: F) -> F:
-    """Add ``--stats-json``, ``--metrics-port``, ``--dashboard``, ``--dashboard-host``
-    and ``--dashboard-token`` to a command."""
-    for option in reversed(_OBSERVE_OPTIONS):
-        command = option(command)
-    return command
 
 
 def _count(n: float) -> str:
@@ -88,26 +42,17 @@ class Summary:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
 class Observers:
     """What the command line shows of a run, and where: the live display, a metrics
     endpoint and a dashboard while it runs; the final report and its JSON after."""
 
-    def __init__(
-        self,
-        *,
-        quiet: bool,
-        stats_json: str | None = None,
-        metrics_port: int | None = None,
-        dashboard_port: int | None = None,
-        host: str = "127.0.0.1",
-        token: str | None = None,
-    ) -> None:
-        self.quiet = quiet
-        self.stats_json = stats_json
-        self.metrics_port = metrics_port
-        self.dashboard_port = dashboard_port
-        self.host = host
-        self.token = token
+    quiet: bool
+    stats_json: str | None = None
+    metrics_port: int | None = None
+    dashboard_port: int | None = None
+    host: str = "127.0.0.1"
+    token: str | None = None
 
     def services(self) -> list[Service]:
         """The async context managers to run beside the pipeline, on its loop."""

@@ -9,29 +9,25 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 
 import click
 
 from .._api import Pipeline
 from .._core.stage import parse_bytes
-from .._errors import ConfigError, SpindleError
+from .._errors import ConfigError
 from ..connectors import read_items
 from ..jobs.fetch._limits import raise_nofile_limit
 from ..jobs.fetch._options import DEFAULT_USER_AGENT, FetchOptions
 from ..jobs.fetch._run import FETCH_SHAPE, FetchWriter, UrlSource, fetch_stages
-from ..journal import JournaledRun, keys_for, open_journal
-from ._driver import JournalTarget, PlainTarget, Target, drive
-from ._observers import Observers, observe_options
-from ._options import check_journal_options, input_identity, journal_options
-from ._usage import UsageProblem
+from ..journal import JournaledRun, keys_for
+from ._driver import JournalTarget, PlainTarget, Target
+from ._options import RunOptions, input_identity, run_options, usage_errors
 
 _DEFAULTS = FetchOptions()
 
 
 @click.command("fetch")
 @click.argument("urls_path", metavar="URLS")
-@click.option("-o", "--output", required=True, help="Output file (JSON lines), or - for stdout.")
 @click.option(
     "--parse",
     "parse_spec",
@@ -104,19 +100,9 @@ _DEFAULTS = FetchOptions()
 @click.option(
     "--user-agent", default=DEFAULT_USER_AGENT, help="User-Agent header, for robots.txt too."
 )
-@click.option(
-    "--grace",
-    type=click.FloatRange(min=0),
-    default=5.0,
-    show_default=True,
-    help="Seconds requests in flight get to finish after Ctrl-C or SIGTERM.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress display and no final report.")
-@observe_options
-@journal_options
+@run_options
 def fetch_command(
     urls_path: str,
-    output: str,
     parse_spec: str | None,
     parse_in: str | None,
     save_dir: str | None,
@@ -129,17 +115,7 @@ def fetch_command(
     max_bytes: str,
     workers: int | None,
     user_agent: str,
-    grace: float,
-    quiet: bool,
-    stats_json: str | None,
-    metrics_port: int | None,
-    dashboard_port: int | None,
-    dashboard_host: str,
-    dashboard_token: str | None,
-    journal: str | None,
-    retry_failed: bool,
-    force: bool,
-    output_format: str | None,
+    run: RunOptions,
 ) -> None:
     """Fetch every URL listed in URLS (a file, or - for stdin), one per line.
 
@@ -158,7 +134,7 @@ def fetch_command(
     or .parquet.
     """
     raise_nofile_limit()  # before workers start, so that they inherit it
-    try:
+    with usage_errors():
         options = FetchOptions(
             concurrency=concurrency,
             per_host=per_host,
@@ -172,66 +148,33 @@ def fetch_command(
             max_bytes=_size(max_bytes),
             save_dir=_save_dir(save_dir),
         )
-        check_journal_options(
-            journal, retry_failed=retry_failed, force=force, output_format=output_format
-        )
+        run.check_journal()
         if parse_in is not None and parse_spec is None:
             raise ConfigError(f"--parse-in {parse_in} needs --parse MODULE:FUNC")
         # Without a journal the output is JSON lines written as they come: the fetch
         # workers encode the records and, into a regular file, append them too.
         append_to = None
-        if journal is None and _regular_file(output):
-            append_to = os.path.abspath(output)
+        if run.journal is None and _regular_file(run.output):
+            append_to = os.path.abspath(run.output)
         stages = fetch_stages(
             options,
             workers,
             parse_spec,
             parse_in or "fetch",
-            lines=journal is None,
+            lines=run.journal is None,
             append_to=append_to,
         )
         source = UrlSource(read_items(urls_path, "text"))
         target: Target
-        if journal is None:
-            target = PlainTarget(FetchWriter(output))
+        if run.journal is None:
+            target = PlainTarget(FetchWriter(run.output))
         else:
-            target = open_fetch_journal(
-                journal=journal,
-                output=output,
-                urls_path=urls_path,
-                parse_spec=parse_spec,
-                retry_failed=retry_failed,
-                force=force,
-                output_format=output_format,
-            )
-    except SpindleError as exc:
-        raise UsageProblem(str(exc)) from None
+            target = open_fetch_journal(run, urls_path=urls_path, parse_spec=parse_spec)
     pipeline = Pipeline(stages, ordered=False, on_error="yield", buffer=max(64, 2 * concurrency))
-    if not quiet and sys.stderr.isatty():
-        source.count()
-    view = Observers(
-        quiet=quiet,
-        stats_json=stats_json,
-        metrics_port=metrics_port,
-        dashboard_port=dashboard_port,
-        host=dashboard_host,
-        token=dashboard_token,
-    )
-    with source:
-        code = drive(pipeline, source, target, view=view, grace=grace)
-    sys.exit(code)
+    run.run(pipeline, source, target)
 
 
-def open_fetch_journal(
-    *,
-    journal: str,
-    output: str,
-    urls_path: str,
-    parse_spec: str | None,
-    retry_failed: bool,
-    force: bool,
-    output_format: str | None,
-) -> JournalTarget:
+def open_fetch_journal(run: RunOptions, *, urls_path: str, parse_spec: str | None) -> JournalTarget:
     """The journal of a ``spindle fetch`` command: its URLs are keyed by their text.
 
     The journal is identified by the URL file and the parse function: other options
@@ -240,14 +183,7 @@ def open_fetch_journal(
     fingerprint = f"fetch {input_identity(urls_path)}"
     if parse_spec:
         fingerprint += f" --parse {parse_spec}"
-    opened = open_journal(
-        journal,
-        output,
-        fingerprint,
-        output_format=output_format,
-        retry_failed=retry_failed,
-        force=force,
-    )
+    opened = run.open_journal(fingerprint)
     text_key = keys_for(opened.key_scheme).text
     return JournalTarget(JournaledRun(opened, text_key, text_key, shape=FETCH_SHAPE))
 

@@ -3,42 +3,32 @@
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from .._api import Pipeline
-from .._core.stage import KINDS, make_stage, parse_bytes
-from .._errors import ConfigError, SpindleError
+from .._errors import ConfigError
 from .._loading import load_function
 from ..connectors import RecordWriter, read_items
 from ..executors._batch import is_generator_fn
-from ..journal import JournaledRun, KeyFunction, field_key, keys_for, open_journal
-from ._driver import JournalTarget, PlainTarget, Target, drive
-from ._observers import Observers, observe_options
-from ._options import check_journal_options, input_identity, journal_options
-from ._usage import UsageProblem
+from ..journal import JournaledRun, KeyFunction, field_key, keys_for
+from ._driver import JournalTarget, PlainTarget, Target
+from ._options import (
+    RunOptions,
+    StageChoice,
+    input_identity,
+    run_options,
+    stage_options,
+    usage_errors,
+)
 
 
 @click.command("map")
 @click.argument("function", metavar="MODULE:FUNC")
 @click.argument("input_path", metavar="INPUT")
-@click.option("-o", "--output", required=True, help="Output file (JSON lines), or - for stdout.")
-@click.option(
-    "--kind",
-    type=click.Choice(KINDS),
-    default="cpu",
-    show_default=True,
-    help="cpu: processes; thread: a thread pool; io: an event loop (async def).",
-)
-@click.option("--workers", type=click.IntRange(min=1), help="Processes or threads [cores].")
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    help="Calls in flight at once for async functions [100].",
-)
+@stage_options
 @click.option(
     "--ordered/--unordered", default=True, show_default=True, help="Keep output in input order."
 )
@@ -50,41 +40,7 @@ from ._usage import UsageProblem
     show_default=True,
     help="text: each line is a string; jsonl: each line is JSON.",
 )
-@click.option(
-    "--batch-size", type=click.IntRange(min=1), help="Items per batch sent to a process [adaptive]."
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds a job may run before it fails with Timeout (or is retried).",
-)
-@click.option(
-    "--retries",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Retries of a failed job, with exponential backoff and jitter.",
-)
-@click.option(
-    "--max-jobs-per-worker",
-    type=click.IntRange(min=1),
-    help="Replace a worker process after this many jobs (cpu).",
-)
-@click.option(
-    "--max-memory-per-worker",
-    metavar="SIZE",
-    help="Replace a worker process whose memory exceeds SIZE, e.g. 512MB (cpu).",
-)
-@click.option(
-    "--grace",
-    type=click.FloatRange(min=0),
-    default=5.0,
-    show_default=True,
-    help="Seconds jobs in flight get to finish after Ctrl-C or SIGTERM.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress display and no final report.")
-@observe_options
-@journal_options
+@run_options
 @click.option(
     "--key",
     metavar="FIELD",
@@ -94,29 +50,11 @@ from ._usage import UsageProblem
 def map_command(
     function: str,
     input_path: str,
-    output: str,
-    kind: str,
-    workers: int | None,
-    concurrency: int | None,
+    stage: StageChoice,
     ordered: bool,
     fmt: str,
-    batch_size: int | None,
-    timeout: float | None,
-    retries: int,
-    max_jobs_per_worker: int | None,
-    max_memory_per_worker: str | None,
-    grace: float,
-    quiet: bool,
-    stats_json: str | None,
-    metrics_port: int | None,
-    dashboard_port: int | None,
-    dashboard_host: str,
-    dashboard_token: str | None,
-    journal: str | None,
+    run: RunOptions,
     key: str | None,
-    retry_failed: bool,
-    force: bool,
-    output_format: str | None,
 ) -> None:
     """Apply MODULE:FUNC to every line of INPUT (a file, or - for stdin).
 
@@ -125,55 +63,19 @@ def map_command(
     make the exit status 1. The first Ctrl-C (or SIGTERM) stops reading input and
     lets jobs in flight finish for --grace seconds; a second one stops at once.
     """
-    try:
-        check_journal_options(
-            journal, key=key, retry_failed=retry_failed, force=force, output_format=output_format
-        )
+    with usage_errors():
+        run.check_journal(**{"--key": key is not None})
         fn = load_function(function)
-        stage = make_stage(
-            fn,
-            kind,
-            workers=workers,
-            concurrency=concurrency,
-            batch_size=batch_size,
-            timeout=timeout,
-            retries=retries,
-            max_jobs_per_worker=max_jobs_per_worker,
-            max_memory_per_worker=parse_bytes(max_memory_per_worker),
-        )
+        pipeline = Pipeline([stage.make(fn)], ordered=ordered, on_error="yield")
         source = read_items(input_path, fmt)
         target: Target
-        if journal is None:
-            target = PlainTarget(RecordWriter(output))
+        if run.journal is None:
+            target = PlainTarget(RecordWriter(run.output))
         else:
             target = open_map_journal(
-                journal=journal,
-                output=output,
-                fn=fn,
-                spec=function,
-                input_path=input_path,
-                fmt=fmt,
-                key=key,
-                retry_failed=retry_failed,
-                force=force,
-                output_format=output_format,
+                run, fn=fn, spec=function, input_path=input_path, fmt=fmt, key=key
             )
-    except SpindleError as exc:
-        raise UsageProblem(str(exc)) from None
-    pipeline = Pipeline([stage], ordered=ordered, on_error="yield")
-    if not quiet and sys.stderr.isatty():
-        source.count()
-    view = Observers(
-        quiet=quiet,
-        stats_json=stats_json,
-        metrics_port=metrics_port,
-        dashboard_port=dashboard_port,
-        host=dashboard_host,
-        token=dashboard_token,
-    )
-    with source:
-        code = drive(pipeline, source, target, view=view, grace=grace)
-    sys.exit(code)
+    run.run(pipeline, source, target)
 
 
 def map_fingerprint(
@@ -189,17 +91,13 @@ def map_fingerprint(
 
 
 def open_map_journal(
+    run: RunOptions,
     *,
-    journal: str,
-    output: str,
     fn: Callable[..., Any],
     spec: str,
     input_path: str,
     fmt: str,
     key: str | None,
-    retry_failed: bool,
-    force: bool,
-    output_format: str | None,
 ) -> JournalTarget:
     """Open the journal of a ``spindle map`` command: raises ``SpindleError`` on any
     problem with its paths or options (the command exits with status 2)."""
@@ -213,14 +111,7 @@ def open_map_journal(
             f"--key {key} takes a field of each JSON object: add --format jsonl "
             "(text lines are keyed by their content)"
         )
-    opened = open_journal(
-        journal,
-        output,
-        map_fingerprint(fn, spec, input_path, fmt, key),
-        output_format=output_format,
-        retry_failed=retry_failed,
-        force=force,
-    )
+    opened = run.open_journal(map_fingerprint(fn, spec, input_path, fmt, key))
     keys = keys_for(opened.key_scheme)
     fallback: KeyFunction = keys.json if fmt == "jsonl" else keys.text
     key_fn = field_key(key) if key is not None else fallback
