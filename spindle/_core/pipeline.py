@@ -59,12 +59,10 @@ _SOURCE_JOIN = 2.0
 
 
 class Pipeline:
-    """A sequence of stages run as one bounded pipeline.
+    """A sequence of stages run as one bounded pipeline: the engine's.
 
-    >>> import spindle
-    >>> p = spindle.Pipeline([spindle.thread(str.upper), spindle.thread(len)])
-    >>> list(p.run(["a", "bb"]))
-    [1, 2]
+    Users make :class:`spindle.Pipeline`, this class with journaled runs added (see
+    ``spindle/_api.py``); the engine and the journal use this one.
     """
 
     def __init__(
@@ -103,14 +101,8 @@ class Pipeline:
         total: int | None = None,
         services: Sequence[Service] = (),
     ) -> Results:
-        """Run over ``items``; a lazy iterator of results (``(input, result)`` pairs
-        with ``with_inputs``). Nothing starts until the first result is asked for.
-
-        ``total`` (the input size, when known) feeds progress bars; ``services`` are
-        callables that take the run's ``snapshot`` function and return an async
-        context manager, entered on the run's event loop for the whole run (a live
-        display, a metrics endpoint, a dashboard: see :mod:`spindle.observe`).
-        """
+        """A lazy iterator of the results of ``items`` (see :meth:`spindle.Pipeline.run`,
+        which adds journaled runs to this one)."""
         ex = _Execution(self, items, with_inputs, total, services)
         self._last = ex
         return Results(ex)

@@ -104,9 +104,7 @@ class ChunkedSource:
             yield from chunk
 
 
-def feed_chunks(
-    channel: Channel[Any], source: ChunkedSource, ex: Progress, tagged: bool
-) -> int:
+def feed_chunks(channel: Channel[Any], source: ChunkedSource, ex: Progress, tagged: bool) -> int:
     n = 0
     put = channel.put_blocking
     for chunk in source.chunks:

@@ -15,8 +15,8 @@ finishes::
 The fake keeps the executors' contract: one result per item in order, a generator's
 outputs gathered into a list, a failure as a :class:`~spindle.Failure` with its
 traceback, ``init`` run once (its teardown at ``aclose``) with
-:func:`~spindle.worker_state` available in jobs, and ``reporter`` called after each
-batch and at ``aclose``. A stage's ``timeout`` applies to async functions only (as
+:func:`~spindle.worker_state` available in jobs, and ``reporter`` called at most once
+a second and at ``aclose``. A stage's ``timeout`` applies to async functions only (as
 on the event loop); a sync function runs on the loop and cannot be interrupted.
 
 A test puts it under a stage with ``spindle._core.stage.with_executor``::
@@ -31,33 +31,31 @@ A test puts it under a stage with ``spindle._core.stage.with_executor``::
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._failure import Failure
-from .._worker_state import _UNSET, STATE, InitScope
-from ._reports import Report, ReportBook, Reporter, state_or_none
-from .base import Executor, Outcome, WorkerSnapshot, init_failed
-from .loop import timeout_failure
+from .base import Outcome, WorkerSnapshot
+from .loop import LoopExecutor
 from .spec import WorkSpec
 
 #: Called with each batch before it runs; awaited when it returns an awaitable.
 Hold = Callable[[list[Any]], Awaitable[Any] | None]
 
 
-class FakeExecutor(Executor):
+class FakeExecutor(LoopExecutor):
     """Runs a stage's function inline on the caller's event loop, batch by batch.
 
-    ``capacity`` (default: the stage's) is how many batches the stage runner keeps
-    in flight; ``batch_size`` (default: the stage's ``batch_size``, else 1) is the
-    size of every batch, within the stage's largest. What the fake saw is kept for
-    assertions: ``batches`` (every batch, in the order it started), ``running``
-    (batches between start and end now), ``started`` and ``closed`` (with
-    ``cancelled``, the ``cancel`` argument of ``aclose``).
+    It is the event loop's executor (:class:`~spindle.executors.loop.LoopExecutor`:
+    the same calls, timeouts, failures, ``init`` and reports) that also takes plain
+    functions and whole batches, and keeps what it saw. ``capacity`` (default: the
+    stage's) is how many batches the stage runner keeps in flight; ``batch_size``
+    (default: the stage's ``batch_size``, else 1) is the size of every batch, within
+    the stage's largest. What the fake saw is kept for assertions: ``batches`` (every
+    batch, in the order it started), ``running`` (batches between start and end now),
+    ``started`` and ``closed`` (with ``cancelled``, the ``cancel`` argument of
+    ``aclose``).
     """
 
     def __init__(
@@ -72,19 +70,14 @@ class FakeExecutor(Executor):
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.spec = spec
+        super().__init__(spec)
         self.capacity = capacity or spec.capacity
         self._size = min(batch_size or spec.batch_size or 1, spec.max_batch)
         self.hold = hold
         self.batches: list[list[Any]] = []
         self.running = 0
         self.started = False
-        self.closed = False
         self.cancelled: bool | None = None
-        self._state: Any = _UNSET
-        self._scope = InitScope(spec.init) if spec.init is not None else None
-        self._reporter = Reporter(spec.reporter, spec.name) if spec.reporter else None
-        self.reports = ReportBook(spec.name, spec.merge_reports) if spec.reporter else None
 
     def __repr__(self) -> str:
         return (
@@ -92,15 +85,15 @@ class FakeExecutor(Executor):
             f"{self.running} running>"
         )
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def batch_size(self) -> int:
         return self._size
 
     async def start(self) -> None:
-        if self._scope is not None:
-            try:
-                self._state = await self._scope.enter()
-            except Exception as exc:
-                raise init_failed(self.spec.name, "in the fake executor", exc) from exc
+        await super().start()
         self.started = True
 
     async def run(self, items: list[Any]) -> Outcome:
@@ -111,60 +104,18 @@ class FakeExecutor(Executor):
                 waiting = self.hold(items)
                 if inspect.isawaitable(waiting):
                     await waiting
-            token = STATE.set(self._state) if self._state is not _UNSET else None
-            t0 = time.perf_counter()
-            try:
-                results, failures = await self._call_each(items)
-            finally:
-                if token is not None:
-                    STATE.reset(token)
-            seconds = time.perf_counter() - t0
+            return await super().run(items)
         finally:
             self.running -= 1
-        self._report()
-        return Outcome(results, failures, seconds)
-
-    async def _call_each(self, items: list[Any]) -> tuple[list[Any], int]:
-        spec = self.spec
-        timeout = spec.timeout if spec.is_async else None
-        results: list[Any] = []
-        failures = 0
-        for item in items:
-            try:
-                if timeout is None:
-                    results.append(await self._call(item))
-                    continue
-                limit = asyncio.timeout(timeout)
-                try:
-                    async with limit:
-                        results.append(await self._call(item))
-                except TimeoutError:
-                    if not limit.expired():
-                        raise
-                    results.append(timeout_failure(item, timeout, spec.name))
-                    failures += 1
-            except Exception as exc:
-                results.append(Failure.from_exception(item, exc, stage=spec.name))
-                failures += 1
-        return results, failures
 
     async def _call(self, item: Any) -> Any:
+        if self.spec.is_async:
+            return await super()._call(item)
         fn = self.spec.fn
-        if not self.spec.is_async:
-            return list(fn(item)) if self.spec.flat else fn(item)
-        return [y async for y in fn(item)] if self.spec.flat else await fn(item)
-
-    def _report(self) -> None:
-        if self._reporter is not None and self.reports is not None:
-            report = self._reporter.make(state_or_none(self._state, _UNSET))
-            if report is not None:
-                self.reports.update(0, report)
-
-    def report(self) -> Report | None:
-        return self.reports.merged() if self.reports is not None else None
+        return list(fn(item)) if self.spec.flat else fn(item)
 
     def stats(self) -> dict[str, Any]:
-        return {"workers": int(self.started and not self.closed)}
+        return {"workers": int(self.started and not self._closed)}
 
     def workers_snapshot(self) -> list[WorkerSnapshot]:
         return [
@@ -179,8 +130,5 @@ class FakeExecutor(Executor):
         ]
 
     async def aclose(self, *, cancel: bool) -> None:
-        self.closed = True
         self.cancelled = cancel
-        self._report()  # the last report, before init's teardown
-        if self._scope is not None:
-            await self._scope.exit()
+        await super().aclose(cancel=cancel)
