@@ -104,6 +104,6 @@ def test_importing_connectors_does_not_import_pyarrow() -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=Path(__file__).parents[2],
+        cwd=Path(__file__).parents[1],
     )
     assert out.stdout.strip() == "False", out.stderr

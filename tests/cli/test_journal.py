@@ -29,7 +29,7 @@ from journal_jobs import FAIL_EVERY
 
 from spindle.journal import JournalError, read_status
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # tests/
 JOBS = HERE / "journal_jobs.py"
 
 

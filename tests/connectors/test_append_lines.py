@@ -25,7 +25,7 @@ async def _as_line(item: int) -> JsonLine:
 
 WRITER = """
 import asyncio, pickle, sys
-from tests.test_append_lines import AppendLines, WRITTEN, _as_line
+from tests.connectors.test_append_lines import AppendLines, WRITTEN, _as_line
 path, start, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 append = pickle.loads(pickle.dumps(AppendLines(path, _as_line)))  # as a worker gets it
 async def main():
@@ -38,7 +38,7 @@ asyncio.run(main())
 def test_two_processes_appending_leave_every_line_whole(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     path.write_bytes(b"")
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     writers = [
         subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(w * 1000), "60"], cwd=root)
         for w in (0, 1)

@@ -108,7 +108,7 @@ RSS_SCRIPT = textwrap.dedent(
 @pytest.mark.timeout(180)
 def test_five_million_items_stay_under_a_fixed_memory_ceiling(tmp_path: Path) -> None:
     script = tmp_path / "rss.py"
-    script.write_text(RSS_SCRIPT.format(tests=str(Path(__file__).parent)))
+    script.write_text(RSS_SCRIPT.format(tests=str(Path(__file__).parents[1])))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=170)
     assert out.returncode == 0, out.stderr
     peak_mb = int(out.stdout.strip())

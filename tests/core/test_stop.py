@@ -84,7 +84,7 @@ SCRIPT = textwrap.dedent(
 
 def test_ctrl_c_stops_the_run_and_every_worker(tmp_path: Path) -> None:
     script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parents[1])))
     proc = subprocess.Popen(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,

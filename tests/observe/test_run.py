@@ -65,7 +65,7 @@ def test_latency_percentiles_reflect_known_job_durations() -> None:
 
 def test_stats_json_from_the_command_line(tmp_path: Path) -> None:
     (tmp_path / "in.txt").write_text("1\n2\nx\n4\n")
-    job = Path(__file__).parent.parent / "examples" / "jobs.py"
+    job = Path(__file__).parents[2] / "examples" / "jobs.py"
     out = subprocess.run(
         [
             sys.executable,
