@@ -90,9 +90,7 @@ class Items(Source):
         except (OSError, ValueError, io.UnsupportedOperation):
             return False
 
-    def chunks(
-        self, *, keep_bytes: bool = False, size_hint: int = 1 << 16
-    ) -> Iterator[list[Any]]:
+    def chunks(self, *, keep_bytes: bool = False, size_hint: int = 1 << 16) -> Iterator[list[Any]]:
         """The records in lists, a block of lines at a time (see :meth:`chunkable`).
 
         A block whose lines are all well-formed is parsed in one pass, and comes as

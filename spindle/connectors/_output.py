@@ -38,7 +38,6 @@ from ._json import JSON_OPTIONS
 RowT = TypeVar("RowT")
 
 
-
 class Output(ABC, Generic[RowT]):
     """Base class of the output writers: append records and commit them to a durable point.
 
