@@ -34,11 +34,12 @@ then closes the output channel with that failure's exception.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
 from itertools import repeat
-from typing import Any
+from typing import Any, cast
 
 from .._failure import Failure, short_repr
 from ..executors.base import Executor, Outcome
@@ -232,19 +233,8 @@ class StageRunner:
     def snapshot(self) -> StageSnapshot:
         """This stage as plain data (the ``stages`` entries of a run's snapshot)."""
         self._flush_latencies()
-        extra = self.executor.stats()
-        snap: StageSnapshot = {
-            "name": self.stage.name,
-            "kind": self.stage.kind,
-            "done": self.done,
-            "failed": self.failed,
-            "retried": self.retried,
-            "in_flight": self.in_flight,
-            "queued": len(self.inp),
-            "workers": int(extra.get("workers", self.stage.workers)),
-            "restarts": int(extra.get("restarts", 0)),
-            "latency": self.latency.snapshot(),
-        }
+        snap = cast(StageSnapshot, dataclasses.asdict(self.stats()))
+        snap["latency"] = self.latency.snapshot()
         report = self.executor.report()
         if report is not None:
             snap["report"] = report
