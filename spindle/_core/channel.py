@@ -111,6 +111,10 @@ class Channel(Generic[T]):
         if capacity < 1:
             raise ValueError(f"channel capacity must be >= 1, got {capacity}")
         self.capacity = capacity
+        #: What the source thread's inline put compares the size with: the capacity,
+        #: and 0 once closed, so that the same test that finds the channel full finds
+        #: it closed, at no cost per item (see ``spindle._core.source.feed``).
+        self.room_limit = capacity
         self.name = name
         self._chunks: deque[list[T]] = deque()
         self.tagged = tagged
@@ -217,6 +221,7 @@ class Channel(Generic[T]):
         with self._lock:
             if not self._closed:
                 self._closed = True
+                self.room_limit = 0
                 self._error = error
             waiters = list(self._getters) + list(self._putters)
             self._getters.clear()

@@ -22,7 +22,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 from .._failure import Failure
-from .channel import Channel, ChannelClosed
+from .channel import Channel
 
 __all__ = ["ChunkedSource", "feed", "feed_chunks"]
 
@@ -62,13 +62,11 @@ def feed(channel: Channel[Any], it: Iterator[Any], ex: Progress) -> int:
     tag = channel._tags.append if channel.tagged else None
     for n, item in enumerate(it, 1):
         # Inline fast path of put_blocking([item]) (see spindle._core.channel). A stop
-        # closes the channel: then no item more is read (the one in hand is dropped).
-        if channel._closed:
+        # closes the channel, which makes its room_limit 0: then wait_room_blocking
+        # raises ChannelClosed and no item more is read (the one in hand is dropped).
+        if channel.total_in - channel.total_out >= channel.room_limit:
             ex.drawn = n - 1
-            raise ChannelClosed
-        if channel.total_in - channel.total_out >= channel.capacity:
-            ex.drawn = n - 1
-            channel.wait_room_blocking()  # raises ChannelClosed when the run stops
+            channel.wait_room_blocking()
         if tag is not None:
             tag([item.item] if type(item) is Failure else None)
         append([item])
