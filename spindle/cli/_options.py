@@ -32,26 +32,36 @@ from ._usage import UsageProblem
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+
+def option(
+    flag: str, kind: Any = None, default: Any = None, help: str = "", **more: Any
+) -> Callable[[_F], _F]:
+    """``click.option(flag, type=kind, default=default, help=help)``, with the default
+    shown in ``--help`` whenever there is one: the commands' options, one line each."""
+    return click.option(
+        flag, type=kind, default=default, show_default=default is not None, help=help, **more
+    )
+
+
 _OPTIONS = [
     click.option(
         "-o", "--output", required=True, help="Output file (JSON lines), or - for stdout."
     ),
-    click.option(
+    option(
         "--grace",
-        type=click.FloatRange(min=0),
-        default=5.0,
-        show_default=True,
-        help="Seconds jobs in flight get to finish after Ctrl-C or SIGTERM.",
+        click.FloatRange(min=0),
+        5.0,
+        "Seconds jobs in flight get to finish after Ctrl-C or SIGTERM.",
     ),
     click.option("-q", "--quiet", is_flag=True, help="No progress display and no final report."),
-    click.option(
+    option(
         "--stats-json",
-        type=click.Path(dir_okay=False, writable=True),
+        click.Path(dir_okay=False, writable=True),
         help="Write the final report as JSON to this file.",
     ),
-    click.option(
+    option(
         "--metrics-port",
-        type=click.IntRange(0, 65535),
+        click.IntRange(0, 65535),
         help="Serve Prometheus metrics on this port (127.0.0.1) during the run.",
     ),
     click.option(
@@ -64,10 +74,9 @@ _OPTIONS = [
         metavar="[PORT]",
         help="Serve a live dashboard (on PORT, or a free port) during the run.",
     ),
-    click.option(
+    option(
         "--dashboard-host",
         default="127.0.0.1",
-        show_default=True,
         help="Address the dashboard and metrics bind to; beyond loopback needs a token.",
     ),
     click.option(
@@ -90,9 +99,9 @@ _OPTIONS = [
         is_flag=True,
         help="With --journal: discard the journal's items and its outputs, and start over.",
     ),
-    click.option(
+    option(
         "--output-format",
-        type=click.Choice(["jsonl", "csv", "sqlite", "parquet"]),
+        click.Choice(["jsonl", "csv", "sqlite", "parquet"]),
         help="With --journal: the format of OUTPUT [from its extension].",
     ),
 ]
@@ -160,42 +169,40 @@ class RunOptions:
 
 
 _STAGE_OPTIONS = [
-    click.option(
+    option(
         "--kind",
-        type=click.Choice(KINDS),
-        default="cpu",
-        show_default=True,
-        help="cpu: processes; thread: a thread pool; io: an event loop (async def).",
+        click.Choice(KINDS),
+        "cpu",
+        "cpu: processes; thread: a thread pool; io: an event loop (async def).",
     ),
-    click.option("--workers", type=click.IntRange(min=1), help="Processes or threads [cores]."),
-    click.option(
+    option("--workers", click.IntRange(min=1), help="Processes or threads [cores]."),
+    option(
         "--concurrency",
-        type=click.IntRange(min=1),
+        click.IntRange(min=1),
         help="Calls in flight at once for async functions [100].",
     ),
-    click.option(
+    option(
         "--batch-size",
-        type=click.IntRange(min=1),
+        click.IntRange(min=1),
         help="Items per batch sent to a process [adaptive].",
     ),
-    click.option(
+    option(
         "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
+        click.FloatRange(min=0, min_open=True),
         help="Seconds a job may run before it fails with Timeout (or is retried).",
     ),
-    click.option(
+    option(
         "--retries",
-        type=click.IntRange(min=0),
-        default=0,
-        show_default=True,
-        help="Retries of a failed job, with exponential backoff and jitter.",
+        click.IntRange(min=0),
+        0,
+        "Retries of a failed job, with exponential backoff and jitter.",
     ),
-    click.option(
+    option(
         "--max-jobs-per-worker",
-        type=click.IntRange(min=1),
+        click.IntRange(min=1),
         help="Replace a worker process after this many jobs (cpu).",
     ),
-    click.option(
+    option(
         "--max-memory-per-worker",
         metavar="SIZE",
         help="Replace a worker process whose memory exceeds SIZE, e.g. 512MB (cpu).",

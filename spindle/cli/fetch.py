@@ -21,7 +21,7 @@ from ..jobs.fetch._options import DEFAULT_USER_AGENT, FetchOptions
 from ..jobs.fetch._run import FETCH_SHAPE, FetchWriter, UrlSource, fetch_stages
 from ..journal import JournaledRun, keys_for
 from ._driver import JournalTarget, PlainTarget, Target
-from ._options import RunOptions, input_identity, run_options, usage_errors
+from ._options import RunOptions, input_identity, option, run_options, usage_errors
 
 _DEFAULTS = FetchOptions()
 
@@ -34,72 +34,59 @@ _DEFAULTS = FetchOptions()
     metavar="MODULE:FUNC",
     help="Call FUNC(response) in worker processes; its return value is the record's result.",
 )
-@click.option(
+@option(
     "--parse-in",
-    type=click.Choice(["fetch", "pool"]),
+    click.Choice(["fetch", "pool"]),
     help="Where --parse runs: in the fetch workers as responses arrive (the default; "
     "fastest for quick parsers), or in a separate pool of processes (for heavy parsers).",
 )
-@click.option(
+@option(
     "--save-dir",
-    type=click.Path(file_okay=False),
+    click.Path(file_okay=False),
     help="Save bodies as files in this directory; records get path, size and sha256.",
 )
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Requests in flight at once, in all.",
-)
-@click.option(
+@option("--concurrency", click.IntRange(min=1), 100, "Requests in flight at once, in all.")
+@option(
     "--per-host",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Requests in flight at once to one host:port (halved after 429/503).",
+    click.IntRange(min=1),
+    8,
+    "Requests in flight at once to one host:port (halved after 429/503).",
 )
-@click.option(
+@option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    click.FloatRange(min=0, min_open=True),
     help="Requests per second to one host:port [no limit beyond robots.txt].",
 )
-@click.option(
+@option(
     "--robots",
-    type=click.Choice(["obey", "ignore"]),
-    default="obey",
-    show_default=True,
-    help="Obey robots.txt (Disallow, Crawl-delay) or ignore it.",
+    click.Choice(["obey", "ignore"]),
+    "obey",
+    "Obey robots.txt (Disallow, Crawl-delay) or ignore it.",
 )
-@click.option(
+@option(
     "--retries",
-    type=click.IntRange(min=0),
-    default=3,
-    show_default=True,
-    help="Retries after a connection error, a timeout, 429, 500, 502, 503 or 504.",
+    click.IntRange(min=0),
+    3,
+    "Retries after a connection error, a timeout, 429, 500, 502, 503 or 504.",
 )
-@click.option(
+@option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=120.0,
-    show_default=True,
-    help="Seconds one request may take, from connect to the last byte.",
+    click.FloatRange(min=0, min_open=True),
+    120.0,
+    "Seconds one request may take, from connect to the last byte.",
 )
-@click.option(
+@option(
     "--max-bytes",
-    metavar="SIZE",
     default="10MB",
-    show_default=True,
     help="Largest body accepted, e.g. 500KB; a larger one fails its URL.",
+    metavar="SIZE",
 )
-@click.option(
+@option(
     "--workers",
-    type=click.IntRange(min=1),
+    click.IntRange(min=1),
     help="Processes that fetch (and that parse) [cores]; a host stays on one process.",
 )
-@click.option(
-    "--user-agent", default=DEFAULT_USER_AGENT, help="User-Agent header, for robots.txt too."
-)
+@option("--user-agent", default=DEFAULT_USER_AGENT, help="User-Agent header, for robots.txt too.")
 @run_options
 def fetch_command(
     urls_path: str,
