@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,7 @@ class RunOutcome:
     error: SpindleError | None = None
 
 
+@dataclass(eq=False)
 class JournaledRun:
     """One run of a pipeline through a journal: its input claimed, its results recorded.
 
@@ -190,21 +191,12 @@ class JournaledRun:
     :attr:`outcome`.
     """
 
-    def __init__(
-        self,
-        journal: SqliteJournal,
-        key: KeyFunction,
-        fallback: KeyFunction,
-        *,
-        shape: RecordShape = MAP_SHAPE,
-        batch: int = CHUNK,
-    ) -> None:
-        self.journal = journal
-        self.key = key
-        self.fallback = fallback
-        self.shape = shape
-        self.batch = batch
-        self.outcome = RunOutcome()
+    journal: SqliteJournal
+    key: KeyFunction
+    fallback: KeyFunction
+    shape: RecordShape = field(default=MAP_SHAPE, kw_only=True)
+    batch: int = field(default=CHUNK, kw_only=True)
+    outcome: RunOutcome = field(default_factory=RunOutcome, init=False)
 
     def remaining(self, total: int | None) -> int | None:
         """Of ``total`` inputs, how many are left to run (a progress bar's total)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from typing import cast
@@ -51,6 +52,7 @@ __all__ = ["KeyIndex", "merge_logs"]
 _MERGE_BATCH = 1 << 18
 
 
+@dataclass(slots=True, eq=False)
 class KeyIndex:
     """The database's view of keys, for one run of an open journal.
 
@@ -59,25 +61,13 @@ class KeyIndex:
             that writes one, cleared by :meth:`merge_own_log`).
     """
 
-    __slots__ = ("cache_mb", "logged", "path", "reader", "retry_failed", "run", "writer")
-
-    def __init__(
-        self,
-        writer: sqlite3.Connection,
-        reader: sqlite3.Connection,
-        path: Path,
-        *,
-        run: int,
-        retry_failed: bool,
-        cache_mb: int,
-    ) -> None:
-        self.writer = writer
-        self.reader = reader
-        self.path = path
-        self.run = run
-        self.retry_failed = retry_failed
-        self.cache_mb = cache_mb
-        self.logged = False
+    writer: sqlite3.Connection
+    reader: sqlite3.Connection
+    path: Path
+    run: int = field(kw_only=True)
+    retry_failed: bool = field(kw_only=True)
+    cache_mb: int = field(kw_only=True)
+    logged: bool = field(default=False, init=False)
 
     def left_to_do(self, keys: Sequence[Key]) -> dict[int, tuple[State | None, int | None]]:
         """By index into ``keys``: those earlier runs did not finish, with the state and
