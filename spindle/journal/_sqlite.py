@@ -78,6 +78,7 @@ connections, serialises calls, and records batches; the parts it owns do the res
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 import threading
@@ -486,18 +487,7 @@ class SqliteJournal(Journal):
 
     def stats(self) -> JournalStats:
         with self._mutex:
-            s = self._stats
-            return JournalStats(
-                started=s.started,
-                skipped_done=s.skipped_done,
-                skipped_duplicate=s.skipped_duplicate,
-                recorded_done=s.recorded_done,
-                recorded_failed=s.recorded_failed,
-                unwritable=s.unwritable,
-                ignored=s.ignored,
-                commits=s.commits,
-                in_flight=len(self._gate.inflight),
-            )
+            return dataclasses.replace(self._stats, in_flight=len(self._gate.inflight))
 
     # -- closing -----------------------------------------------------------------------
 
