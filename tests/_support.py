@@ -1,9 +1,11 @@
-"""Helpers shared by the test packages: open descriptors and a headless browser."""
+"""Helpers shared by the test packages: a counted lazy input, open descriptors and a
+headless browser."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 
 
 def open_fds() -> dict[str, str]:
@@ -37,3 +39,17 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
+
+
+class Counted:
+    """A lazy input (a generator, not a collection) that counts the items drawn from it:
+    how far a run read ahead of its results."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.drawn = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.n):
+            self.drawn += 1
+            yield i

@@ -5,26 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import workfns as jobs
+from _support import Counted
 
 import spindle
-
-
-class Counted:
-    """A large lazy input that counts how many items were drawn from it."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.drawn = 0
-
-    def __iter__(self) -> Iterator[int]:
-        for i in range(self.n):
-            self.drawn += 1
-            yield i
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ those kinds. A bug on every kind is a plain strict xfail on the behaviour's test
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -72,19 +72,6 @@ RAISE_UNBUILDABLE = Job(jobs.raise_unbuildable, jobs.async_raise_unbuildable)
 MODEL_SCALE = Job(jobs.model_scale, jobs.async_use_model)
 INIT_WITH_TEARDOWN = Job(jobs.init_with_teardown, jobs.async_init_with_teardown)
 MARKS_DIR = Job(jobs.marks_dir, jobs.async_marks_dir)
-
-
-class Counted:
-    """A lazy input (a generator, not a collection) that counts the items drawn."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.drawn = 0
-
-    def __iter__(self) -> Iterator[int]:
-        for i in range(self.n):
-            self.drawn += 1
-            yield i
 
 
 # -- kinds ----------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from _support import Counted
+
 import spindle
 
 from ._suite import (
@@ -13,7 +15,6 @@ from ._suite import (
     TENS,
     TENS_BUT_3_FAILS,
     UNEVEN_SQUARE,
-    Counted,
     ExecutorMixin,
     Job,
     create_executor_tests,
