@@ -31,17 +31,21 @@ if TYPE_CHECKING:
     from ._core.stage import Stage as Stage
     from ._core.stage import StageStats as StageStats
     from .jobs.fetch import fetch as fetch
+    from .pool import Executor as Executor
+    from .pool import Pool as Pool
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "Executor",
     "Failure",
     "JobError",
     "MalformedInput",
     "Permanent",
     "Pipeline",
     "PipelineClosed",
+    "Pool",
     "RemoteTraceback",
     "Results",
     "SpindleError",
@@ -70,6 +74,8 @@ _LAZY = {
     "StageStats": "._core.stage",
     "Stage": "._core.stage",
     "fetch": ".jobs.fetch",  # loads the HTTP client: only when asked for
+    "Executor": ".pool",
+    "Pool": ".pool",
 }
 
 

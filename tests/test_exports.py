@@ -4,12 +4,14 @@ import spindle
 
 EXPECTED = {
     "ConfigError",
+    "Executor",
     "Failure",
     "JobError",
     "MalformedInput",
     "Permanent",
     "Pipeline",
     "PipelineClosed",
+    "Pool",
     "RemoteTraceback",
     "Results",
     "SpindleError",

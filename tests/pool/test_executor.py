@@ -1,0 +1,247 @@
+"""spindle.Executor: the concurrent.futures contract, and what spindle adds to it."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import itertools
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import spindle
+from pool import poolfns
+
+from .conftest import Gate
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_submit_gives_results_and_keyword_arguments() -> None:
+    with spindle.Executor(2) as ex:
+        futures = [ex.submit(poolfns.add, i, b=1, c=10) for i in range(100)]
+        assert [f.result(10) for f in futures] == [i + 11 for i in range(100)]
+        assert isinstance(ex, cf.Executor)
+        assert ex.stats()[0].done == 100
+
+
+def test_a_failing_task_raises_its_own_exception_with_the_remote_traceback() -> None:
+    with spindle.Executor(2) as ex:
+        bad, good = ex.submit(poolfns.fail_on_3, 3), ex.submit(poolfns.fail_on_3, 4)
+        with pytest.raises(ValueError, match="three is not allowed") as info:
+            bad.result(10)
+        assert isinstance(info.value.__cause__, spindle.RemoteTraceback)
+        assert "fail_on_3" in info.value.__cause__.tb
+        assert good.result(10) == 4
+
+
+def test_as_completed_and_wait() -> None:
+    with spindle.Executor(2) as ex:
+        futures = {ex.submit(poolfns.square, i): i for i in range(50)}
+        seen = {futures[f]: f.result() for f in cf.as_completed(futures, timeout=10)}
+        assert seen == {i: i * i for i in range(50)}
+        more = [ex.submit(poolfns.square, i) for i in range(10)]
+        done, not_done = cf.wait(more, timeout=10, return_when=cf.ALL_COMPLETED)
+        assert len(done) == 10 and not not_done
+
+
+def test_run_in_executor() -> None:
+    async def main(ex: spindle.Executor) -> list[int]:
+        loop = asyncio.get_running_loop()
+        return list(
+            await asyncio.gather(*(loop.run_in_executor(ex, poolfns.square, i) for i in range(5)))
+        )
+
+    with spindle.Executor(2) as ex:
+        assert asyncio.run(main(ex)) == [0, 1, 4, 9, 16]
+
+
+def _blocked_thread_executor(
+    event: threading.Event, behind: int
+) -> tuple[spindle.Executor, cf.Future[str], list[cf.Future[int]]]:
+    """A one-thread executor whose thread waits on ``event``, with ``behind`` tasks
+    queued after it: more than the run can hold, so the last ones are not taken in."""
+    ex = spindle.Executor(1, kind="thread")
+    blocker = ex.submit(poolfns.wait_event, event)
+    queued = [ex.submit(poolfns.square, i) for i in range(behind)]
+    return ex, blocker, queued
+
+
+def test_cancel_before_running() -> None:
+    event = threading.Event()
+    ex, blocker, queued = _blocked_thread_executor(event, 4_000)
+    try:
+        last = queued[-1]
+        assert last.cancel()
+        assert last.cancelled()
+    finally:
+        event.set()
+        ex.shutdown()
+    assert blocker.result() == "released"
+    assert all(f.result() == i * i for i, f in enumerate(queued[:-1]))
+    with pytest.raises(cf.CancelledError):
+        last.result()
+
+
+def test_shutdown_cancel_futures_cancels_what_was_not_taken_in() -> None:
+    event = threading.Event()
+    ex, _, queued = _blocked_thread_executor(event, 4_000)
+    try:
+        ex.shutdown(wait=False, cancel_futures=True)
+    finally:
+        event.set()
+    ex.shutdown(wait=True)
+    cancelled = [f for f in queued if f.cancelled()]
+    assert cancelled and cancelled[-1] is queued[-1]
+    assert all(f.done() for f in queued)
+    assert all(f.result() == i * i for i, f in enumerate(queued) if not f.cancelled())
+    # Cancelled futures are notified, so waiting on all of them returns.
+    assert not cf.wait(queued, timeout=10).not_done
+
+
+def test_submit_after_shutdown() -> None:
+    ex = spindle.Executor(1)
+    ex.submit(poolfns.square, 2).result(10)
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        ex.submit(poolfns.square, 2)
+    never_started = spindle.Executor(1)
+    never_started.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        never_started.submit(poolfns.square, 2)
+
+
+def test_map_keeps_order_with_any_chunksize() -> None:
+    with spindle.Executor(2) as ex:
+        assert list(ex.map(poolfns.add, range(100), range(100))) == [2 * i for i in range(100)]
+        assert list(ex.map(poolfns.square, range(100), chunksize=7)) == [i * i for i in range(100)]
+        with pytest.raises(ValueError, match="chunksize"):
+            ex.map(poolfns.square, [1], chunksize=0)
+        with pytest.raises(ValueError, match="buffersize"):
+            ex.map(poolfns.square, [1], buffersize=0)
+
+
+def test_map_with_buffersize_reads_an_endless_input_lazily() -> None:
+    drawn = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal drawn
+        for i in itertools.count():
+            drawn = i + 1
+            yield i
+
+    with spindle.Executor(2) as ex:
+        results = ex.map(poolfns.square, endless(), buffersize=8)
+        assert list(itertools.islice(results, 50)) == [i * i for i in range(50)]
+        assert drawn <= 50 + 8
+        results.close()  # type: ignore[attr-defined]
+
+
+def test_map_raises_a_task_exception_in_its_place() -> None:
+    with spindle.Executor(2) as ex:
+        results = ex.map(poolfns.fail_on_3, range(6))
+        assert [next(results) for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(ValueError):
+            next(results)
+
+
+def test_a_killed_worker_fails_only_its_task_and_the_executor_goes_on() -> None:
+    with spindle.Executor(2) as ex:
+        with pytest.raises(spindle.WorkerCrashed):
+            ex.submit(poolfns.kill_self).result(20)
+        futures = [ex.submit(poolfns.square, i) for i in range(1000)]
+        assert [f.result(20) for f in futures] == [i * i for i in range(1000)]
+        assert ex.stats()[0].restarts >= 1
+
+
+@pytest.mark.slow
+def test_a_stuck_task_with_a_timeout_fails_alone(gate: Gate) -> None:
+    with spindle.Executor(2, timeout=0.5) as ex:
+        stuck = ex.submit(poolfns.read_fifo, gate.path)
+        others = [ex.submit(poolfns.square, i) for i in range(100)]
+        with pytest.raises(spindle.Timeout):
+            stuck.result(20)
+        assert [f.result(20) for f in others] == [i * i for i in range(100)]
+
+
+def test_unpicklable_argument_and_result_fail_their_own_future() -> None:
+    with spindle.Executor(2) as ex:
+        bad_argument = ex.submit(poolfns.identity, threading.Lock())
+        bad_result = ex.submit(poolfns.make_lock)
+        fine = [ex.submit(poolfns.identity, i) for i in range(20)]
+        with pytest.raises(spindle.Unpicklable):
+            bad_argument.result(20)
+        with pytest.raises(spindle.Unpicklable):
+            bad_result.result(20)
+        assert [f.result(20) for f in fine] == list(range(20))
+
+
+def test_initializer_runs_in_each_worker_process() -> None:
+    with spindle.Executor(2, initializer=poolfns.remember, initargs=("ready",)) as ex:
+        assert {ex.submit(poolfns.recall).result(10) for _ in range(10)} == {"ready"}
+
+
+def test_an_initializer_that_fails_breaks_the_executor() -> None:
+    with spindle.Executor(1, initializer=poolfns.broken_init) as ex:
+        first = ex.submit(poolfns.square, 2)
+        with pytest.raises(cf.BrokenExecutor):
+            first.result(20)
+        with pytest.raises(cf.BrokenExecutor):
+            ex.submit(poolfns.square, 2)
+
+
+def test_thread_kind_runs_in_threads_with_an_initializer() -> None:
+    poolfns.initialized.clear()
+    with spindle.Executor(3, kind="thread", initializer=poolfns.note_thread) as ex:
+        main = threading.get_ident()
+        idents = {ex.submit(threading.get_ident).result(10) for _ in range(20)}
+        assert main not in idents
+        assert [f.result() for f in [ex.submit(poolfns.square, i) for i in range(10)]] == [
+            i * i for i in range(10)
+        ]
+    assert len(set(poolfns.initialized)) == 3
+
+
+def test_terminate_workers_fails_running_tasks(gate: Gate) -> None:
+    ex = spindle.Executor(1)
+    running = ex.submit(poolfns.read_fifo, gate.path)
+    ex.terminate_workers()
+    ex.shutdown(wait=True)
+    with pytest.raises((cf.BrokenExecutor, cf.CancelledError)):
+        running.result(20)
+    with pytest.raises(RuntimeError):
+        ex.submit(poolfns.square, 1)
+
+
+def test_stats_and_snapshot() -> None:
+    ex = spindle.Executor(2)
+    assert ex.snapshot() == {}
+    assert ex.stats()[0].done == 0
+    with ex:
+        for f in [ex.submit(poolfns.fail_on_3, i) for i in range(5)]:
+            f.exception(10)
+        snap = ex.snapshot()
+        assert snap["stages"][0]["done"] == 4  # type: ignore[index]
+        assert snap["stages"][0]["failed"] == 1  # type: ignore[index]
+    assert "4 done, 1 failed" in repr(ex)
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        spindle.Executor(0)
+    with pytest.raises(TypeError, match="initializer must be a callable"):
+        spindle.Executor(1, initializer=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="kind"):
+        spindle.Executor(1, kind="io")  # type: ignore[arg-type]
+
+
+def test_batch_size_1_gives_each_task_a_worker_of_its_own() -> None:
+    event = threading.Event()
+    with spindle.Executor(2, kind="thread", batch_size=1) as ex:
+        for f in [ex.submit(poolfns.square, i) for i in range(2000)]:
+            f.result(10)
+        waiter = ex.submit(poolfns.wait_event, event)
+        setter = ex.submit(event.set)
+        assert setter.result(10) is None
+        assert waiter.result(10) == "released"
