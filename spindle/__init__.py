@@ -5,8 +5,7 @@ its own event loop) in one bounded pipeline that reads its input lazily, loses
 nothing, and stops cleanly.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._errors import ConfigError as ConfigError
 from ._errors import JobError as JobError
@@ -19,6 +18,7 @@ from ._errors import Timeout as Timeout
 from ._errors import Unpicklable as Unpicklable
 from ._errors import WorkerCrashed as WorkerCrashed
 from ._failure import Failure as Failure
+from ._lazy import lazy_names as _lazy_names
 from ._worker_state import worker_state as worker_state
 
 if TYPE_CHECKING:
@@ -79,14 +79,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_names(__name__, _LAZY, globals(), __all__)
