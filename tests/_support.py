@@ -3,6 +3,7 @@ headless browser."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from collections.abc import Iterator
@@ -42,14 +43,15 @@ CHROMIUM_ARGS = [
 
 
 class Counted:
-    """A lazy input (a generator, not a collection) that counts the items drawn from it:
-    how far a run read ahead of its results."""
+    """A lazy input (a generator, not a collection) of ``n`` items, or endless with
+    ``None``, that counts the items drawn from it: how far a run read ahead of its
+    results."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int | None) -> None:
         self.n = n
         self.drawn = 0
 
     def __iter__(self) -> Iterator[int]:
-        for i in range(self.n):
+        for i in range(self.n) if self.n is not None else itertools.count():
             self.drawn += 1
             yield i

@@ -6,9 +6,9 @@ import asyncio
 import concurrent.futures as cf
 import itertools
 import threading
-from collections.abc import Iterator
 
 import pytest
+from _support import Counted
 
 import spindle
 from pool import poolfns
@@ -123,18 +123,11 @@ def test_map_keeps_order_with_any_chunksize() -> None:
 
 
 def test_map_with_buffersize_reads_an_endless_input_lazily() -> None:
-    drawn = 0
-
-    def endless() -> Iterator[int]:
-        nonlocal drawn
-        for i in itertools.count():
-            drawn = i + 1
-            yield i
-
+    endless = Counted(None)
     with spindle.Executor(2) as ex:
-        results = ex.map(poolfns.square, endless(), buffersize=8)
+        results = ex.map(poolfns.square, endless, buffersize=8)
         assert list(itertools.islice(results, 50)) == [i * i for i in range(50)]
-        assert drawn <= 50 + 8
+        assert endless.drawn <= 50 + 8
         results.close()  # type: ignore[attr-defined]
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import multiprocessing
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _support import Counted
 
 import spindle
 from pool import poolfns
@@ -79,18 +79,11 @@ def test_map_raises_the_first_failure() -> None:
 
 
 def test_imap_is_ordered_and_lazy() -> None:
-    drawn = 0
-
-    def endless() -> Iterator[int]:
-        nonlocal drawn
-        for i in itertools.count():
-            drawn = i + 1
-            yield i
-
+    endless = Counted(None)
     with spindle.Pool(2) as pool:
-        results = pool.imap(poolfns.square, endless())
+        results = pool.imap(poolfns.square, endless)
         assert list(itertools.islice(results, 100)) == [i * i for i in range(100)]
-        assert drawn <= 100 + READ_AHEAD
+        assert endless.drawn <= 100 + READ_AHEAD
         assert list(pool.imap(poolfns.square, range(20), chunksize=6)) == [i * i for i in range(20)]
         with pytest.raises(ValueError, match="Chunksize must be 1"):
             pool.imap(poolfns.square, range(3), chunksize=0)
