@@ -120,6 +120,22 @@ def test_on_error_raise_reraises_the_original_type_with_the_remote_traceback(kin
     assert any("item 7" in n for n in getattr(info.value, "__notes__", []))
 
 
+@pytest.mark.parametrize("kind", ["cpu", "thread"])
+def test_a_job_raising_system_exit_fails_its_item_alone(kind: str) -> None:
+    got = list(spindle.map(jobs.exit_on_3, range(6), kind=kind, on_error="yield", workers=1))
+    failure = got[3]
+    assert isinstance(failure, spindle.Failure)
+    assert (failure.error, failure.message) == ("SystemExit", "exit at 3")
+    assert got[:3] + got[4:] == [0, 1, 2, 4, 5]
+
+
+def test_an_async_job_raising_system_exit_fails_the_run_without_hanging() -> None:
+    # asyncio lets a SystemExit leave the event loop from the task that raised it:
+    # the run ends with it, and closes its workers, rather than waiting forever.
+    with pytest.raises(SystemExit, match="exit at 3"):
+        list(spindle.map(jobs.async_exit_on_3, range(6), kind="io"))
+
+
 def test_io_raise() -> None:
     with pytest.raises(KeyError):
         list(spindle.map(jobs.async_fail_on_3, range(10), kind="io"))

@@ -371,3 +371,15 @@ def model_scale(x: int) -> int:
     import spindle
 
     return x * spindle.worker_state()["scale"]  # type: ignore[no-any-return]
+
+
+def exit_on_3(x: int) -> int:
+    if x == 3:
+        raise SystemExit(f"exit at {x}")
+    return x
+
+
+async def async_exit_on_3(x: int) -> int:
+    if x == 3:
+        raise SystemExit(f"exit at {x}")
+    return x

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -345,13 +346,14 @@ class Channel(Generic[T]):
         """
         return (await self.get_tagged(max_n))[0]
 
-    async def get_tagged(self, max_n: int) -> tuple[list[T], list[Any] | None]:
+    async def get_tagged(self, max_n: int | Callable[[], int]) -> tuple[list[T], list[Any] | None]:
         """:meth:`get`, with the items' tags: ``None`` if the items are their own tags
-        (or the channel is not tagged)."""
+        (or the channel is not tagged). ``max_n`` may be a function, asked at the
+        moment the items are taken (when what is queued is known)."""
         loop: asyncio.AbstractEventLoop | None = None
         while True:
             if self._chunks:
-                return self._take(max_n)
+                return self._take(max_n if isinstance(max_n, int) else max_n())
             if self._closed:
                 return self._end(), None
             if loop is None:

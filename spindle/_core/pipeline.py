@@ -56,6 +56,9 @@ OUTPUT_BUFFER = 8192
 #: Seconds the caller waits for the source thread to finish after a stop; a source
 #: blocked inside the user's iterable (stdin, a socket) cannot be interrupted.
 _SOURCE_JOIN = 2.0
+#: Times the loop thread runs the loop again after an exception escaped it, to let
+#: the run clean up, before it gives up on the clean-up.
+_ESCAPES = 100
 
 
 class Pipeline:
@@ -425,8 +428,21 @@ class _Execution:
     def _loop_main(self) -> None:
         loop = self.loop
         assert loop is not None
+        main = loop.create_task(self._main())
         try:
-            loop.run_until_complete(self._main())
+            for _ in range(_ESCAPES):
+                try:
+                    loop.run_until_complete(main)
+                    break
+                except BaseException as exc:
+                    # A BaseException that is not an Exception (a job's SystemExit)
+                    # leaves the event loop at once, from whichever task raised it,
+                    # and _main never hears of it: the run fails with it, and the
+                    # loop runs again so that _main closes the workers.
+                    if main.done():
+                        break  # _main ended with it, after its clean-up
+                    self.out.close(exc)
+                    main.cancel()
         finally:
             with contextlib.suppress(Exception):
                 loop.run_until_complete(loop.shutdown_asyncgens())
@@ -446,10 +462,11 @@ class _Execution:
             self.loop_thread = threading.Thread(target=self._loop_main, name="spindle-loop")
             self.loop_thread.start()
             started = True
-            self.source_thread = threading.Thread(
+            source = threading.Thread(
                 target=self._read_source, args=(self.items,), name="spindle-source", daemon=True
             )
-            self.source_thread.start()
+            source.start()
+            self.source_thread = source  # once started: _stop_sync joins it
             out = self.out
             if self.tagged:
                 yield from _tagged_chunks(out)
@@ -529,12 +546,17 @@ def _tagged_chunks(out: Channel[Any]) -> Iterator[tuple[list[Any], list[Any]]]:
     while tagged := out.get_tagged_chunks_blocking():
         if len(tagged) == 1:
             results, inputs = tagged[0]
+            del tagged
             yield inputs, results
+            del inputs, results  # not held while waiting for the next
         else:
-            yield (
+            pair = (
                 list(chain.from_iterable(t for _, t in tagged)),
                 list(chain.from_iterable(c for c, _ in tagged)),
             )
+            del tagged
+            yield pair
+            del pair
 
 
 def _pairs(columns: Generator[Any, None, None]) -> Generator[list[Any], None, None]:

@@ -83,6 +83,8 @@ class StageRunner:
         self._emitter_wake: asyncio.Future[None] | None = None
         self._room_waiters: list[asyncio.Future[None]] = []
         self._slots_left = 0
+        #: Slots waiting for input (see :meth:`_share`).
+        self._waiting = 0
         self.retry = stage.retry
         self._use_permits = stage.retry.retries > 0
         self._permits = executor.capacity
@@ -147,13 +149,17 @@ class StageRunner:
             self._wake_emitter()
 
     async def _slot_loop(self) -> None:
-        ex, inp = self.executor, self.inp
+        inp = self.inp
         while True:
             while self._issued - self._emitted >= self.window:
                 fut = asyncio.get_running_loop().create_future()
                 self._room_waiters.append(fut)
                 await fut
-            values, tags = await inp.get_tagged(ex.batch_size())
+            self._waiting += 1
+            try:
+                values, tags = await inp.get_tagged(self._share)
+            finally:
+                self._waiting -= 1
             if not values:
                 return
             ticket = self._issued  # taken together with the items: ticket order = input order
@@ -175,8 +181,27 @@ class StageRunner:
                 if again:
                     task = asyncio.create_task(self._retry(ticket, tags, values, outcome, again))
                     self._retrying.add(task)
+                    del values, tags, outcome, task
                     continue
             self._deliver(ticket, tags, outcome)
+            # Not held while waiting for the next batch: a run that waits long for
+            # input (an executor's) would keep its last items and results alive.
+            del values, tags, outcome
+
+    def _share(self) -> int:
+        """How many items a slot takes: the executor's batch size, unless what is
+        queued would not give every waiting slot a full batch; then an even share.
+
+        Without the share, a few items arriving at once would go as one batch to one
+        worker while others sit idle, and a quick item could wait behind a slow one
+        of its batch (a batch's results come back together)."""
+        n = self.executor.batch_size()
+        waiting = self._waiting
+        if waiting > 1:
+            queued = len(self.inp)
+            if queued < n * waiting:
+                return max(1, -(-queued // waiting))
+        return n
 
     async def _run(self, items: list[Any]) -> Outcome:
         """``executor.run`` (under a permit when retries may add work), timed."""
@@ -395,6 +420,7 @@ class StageRunner:
                     for w in waiters:
                         if not w.done():
                             w.set_result(None)
+                del chunks, chunk, tags  # not held while waiting for the next
                 continue
             if (
                 self._slots_left == 0

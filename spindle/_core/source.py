@@ -111,4 +111,7 @@ def feed_chunks(channel: Channel[Any], source: ChunkedSource, ex: Progress, tagg
         put(chunk, _source_tags(chunk) if tagged else None)
         n += len(chunk)
         ex.drawn = n
+        # Held no longer than the engine holds its items: a source that waits long for
+        # the next chunk (an executor's queue) would keep the last one alive meanwhile.
+        del chunk
     return n

@@ -32,7 +32,7 @@ def is_async_fn(fn: Callable[..., Any]) -> bool:
 
 def call_batch(
     fn: Callable[[Any], Any], items: list[Any], flat: bool
-) -> tuple[list[Any], dict[int, Exception]]:
+) -> tuple[list[Any], dict[int, BaseException]]:
     """Apply ``fn`` to each item; return results and the exceptions by index.
 
     The common case (no failure) runs entirely in C through ``list.extend(map(...))``.
@@ -42,13 +42,13 @@ def call_batch(
     """
     call: Callable[[Any], Any] = (lambda x: list(fn(x))) if flat else fn
     results: list[Any] = []
-    errors: dict[int, Exception] = {}
+    errors: dict[int, BaseException] = {}
     n = len(items)
     while True:
         done = len(results)
         try:
             results.extend(map(call, islice(items, done, None)))
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too, as concurrent.futures does
             i = len(results)
             if i >= n:  # pragma: no cover - raised after the last item: cannot happen
                 raise

@@ -60,7 +60,6 @@ class WorkerConfig:
     is_async: bool
     concurrency: int
     stage: str
-    sys_path: list[str]
     timeout: float | None = None
     init: Callable[[], Any] | None = None
     #: ``max_memory_per_worker``: the worker reports its own memory after each batch.
@@ -74,7 +73,7 @@ def encode_error(exc: BaseException) -> EncodedError:
     try:
         blob = pickle.dumps(exc, protocol=PROTOCOL)
         pickle.loads(blob)  # many exceptions pickle but cannot be rebuilt: check now
-    except Exception:
+    except BaseException:
         blob = None
     return type(exc).__name__, str(exc), text, blob
 
@@ -82,7 +81,7 @@ def encode_error(exc: BaseException) -> EncodedError:
 def encode_result(
     items: list[Any],
     results: list[Any],
-    errors: dict[int, Exception],
+    errors: dict[int, BaseException],
     seconds: float,
     rss: int | None = None,
 ) -> bytes:
@@ -90,14 +89,18 @@ def encode_result(
     encoded = {i: encode_error(e) for i, e in errors.items()}
     try:
         return pickle.dumps((results, encoded, seconds, rss), protocol=PROTOCOL)
-    except Exception:
+    except BaseException:  # a __reduce__ may raise anything, SystemExit included
         pass
     for i, value in enumerate(results):
         if i in encoded:
             continue
         try:
             pickle.dumps(value, protocol=PROTOCOL)
-        except Exception as exc:
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # SystemExit...: the item's own error
+                results[i] = None
+                encoded[i] = encode_error(exc)
+                continue
             results[i] = None
             msg = (
                 f"the result of item {short_repr(items[i])} cannot be pickled to return it "
@@ -162,17 +165,17 @@ def own_memory(limit: int) -> int:
 
 def call_batch_tracked(
     fn: Callable[[Any], Any], items: list[Any], flat: bool, progress: mmap.mmap, ident: int
-) -> tuple[list[Any], dict[int, Exception]]:
+) -> tuple[list[Any], dict[int, BaseException]]:
     """Like :func:`call_batch`, writing which item runs since when into ``progress``."""
     write = PROGRESS.pack_into
     clock = time.monotonic
     results: list[Any] = []
-    errors: dict[int, Exception] = {}
+    errors: dict[int, BaseException] = {}
     for i, item in enumerate(items):
         write(progress, 0, ident, i, clock())
         try:
             results.append(list(fn(item)) if flat else fn(item))
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too, as in call_batch
             errors[i] = exc
             results.append(None)
     return results, errors
@@ -209,6 +212,9 @@ def _serve_sync(sock: socket.socket, config: WorkerConfig, progress: mmap.mmap |
         seconds = clock() - t0
         rss = None if config.memory_limit is None else own_memory(config.memory_limit)
         out.send(_wire.OP_RESULT, ident, encode_result(items, results, errors, seconds, rss))
+        # Not held while waiting for the next batch: an argument's finalizer runs once
+        # its task is done, as in the standard pool's workers.
+        del items, results, errors, payload, msg
         if reporter is not None and reporter.due():
             _report(reporter, out.send)
 
@@ -259,7 +265,7 @@ async def _serve_async(sock: socket.socket, config: WorkerConfig) -> None:
     async def run_batch(ident: int, items: list[Any]) -> None:
         t0 = time.perf_counter()
         results: list[Any] = []
-        errors: dict[int, Exception] = {}
+        errors: dict[int, BaseException] = {}
         if len(items) == 1:  # the usual batch of an async stage: no gather, no extra task
             try:
                 results.append(await call(items[0]))
@@ -431,11 +437,13 @@ def spawned_main() -> None:
 
 
 def _load_config(payload: bytes) -> WorkerConfig:
-    """Unpickle the config; ``sys.path`` comes first so the function's module imports."""
-    sys_path, blob = pickle.loads(payload)
-    for entry in reversed(sys_path):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
+    """Unpickle the config, once the process is prepared as multiprocessing prepares
+    a spawned child (the parent's ``sys.path`` so the function's module imports, its
+    authkey, its main module imported as ``__mp_main__``)."""
+    import multiprocessing.spawn
+
+    prep, blob = pickle.loads(payload)
+    multiprocessing.spawn.prepare(prep)
     config = pickle.loads(blob)
     if not isinstance(config, WorkerConfig):
         raise TypeError(f"expected a WorkerConfig, got {type(config).__name__}")

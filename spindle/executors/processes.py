@@ -47,9 +47,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import multiprocessing.spawn
 import pickle
 import signal
-import sys
 import time
 import warnings
 from typing import Any
@@ -104,7 +104,6 @@ class ProcessExecutor(Executor):
             is_async=spec.is_async,
             concurrency=max(1, spec.concurrency),
             stage=spec.name,
-            sys_path=list(sys.path),
             timeout=self.timeout,
             init=spec.init,
             memory_limit=spec.max_memory_per_worker,
@@ -164,7 +163,13 @@ class ProcessExecutor(Executor):
                     "data are); a closure over a lock, socket or open file is not: create "
                     "such resources inside the function, or use kind='thread'."
                 ) from exc
-            self._init_payload = pickle.dumps((self._config.sys_path, blob), protocol=PROTOCOL)
+            # What multiprocessing's spawn sends its children, read the same way
+            # (sys.path, the working directory, the authkey, the main module):
+            # with it a Manager proxy can connect, and a class of the main script
+            # can be unpickled, in a spawned worker as in a Process.
+            prep = multiprocessing.spawn.get_preparation_data(self.spec.name)
+            prep["authkey"] = bytes(prep["authkey"])  # pickled only by a Popen otherwise
+            self._init_payload = pickle.dumps((prep, blob), protocol=PROTOCOL)
         return self._init_payload
 
     def prepare(self) -> None:
@@ -417,7 +422,7 @@ class ProcessExecutor(Executor):
         stage = self.spec.name
         try:
             results, errors, seconds, rss = pickle.loads(data)
-        except Exception as exc:
+        except BaseException as exc:  # a __setstate__ may raise anything, SystemExit too
             msg = f"the results could not be unpickled in the parent ({type(exc).__name__}: {exc})"
             return Outcome(
                 [Failure(x, "Unpicklable", msg, "", 1, stage) for x in items], len(items)
@@ -427,7 +432,7 @@ class ProcessExecutor(Executor):
         for i, (name, message, text, blob) in errors.items():
             exc_obj: BaseException | None = None
             if blob is not None:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(BaseException):
                     exc_obj = pickle.loads(blob)
             results[i] = Failure(items[i], name, message, text, 1, stage, exc_obj)
         return Outcome(results, len(errors), seconds)

@@ -127,9 +127,13 @@ class ThreadExecutor(Executor):
             try:
                 results, errors = call_batch(fn, items, flat)
                 outcome: Any = (results, errors, clock() - t0)
+                del results, errors
             except BaseException as exc:  # reported to the awaiting slot, not swallowed
                 outcome = exc
             _call_soon(job_loop, _resolve, fut, outcome)
+            # Not held while waiting for the next job (``del work_item`` in the
+            # standard pool's workers): the caller may be waiting for them to go.
+            del job, items, fut, outcome
             if reporter is not None and reporter.due():
                 self._report(me, reporter)
             if me in self._abandoned:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import multiprocessing
 import queue
 import threading
 import time
@@ -132,6 +133,9 @@ def _draw(state: _State) -> Iterator[list[Any]]:
     get, get_nowait, pending = state.queue.get, state.queue.get_nowait, state.pending
     while True:
         chunk: list[Any] = []
+        # The last task of a chunk is not held while waiting for the next one (so a
+        # task's arguments go once its future has settled, as on the standard pools).
+        task = future = None
         task = get()
         while True:
             if task is _STOP:
@@ -161,6 +165,7 @@ def _draw(state: _State) -> Iterator[list[Any]]:
 def _settle(state: _State, chunks: Iterable[tuple[list[Any], list[Any]]]) -> None:
     """Settle each task's future from the run's ``(inputs, results)`` chunks."""
     pop = state.pending.pop
+    task = result = future = None
     for inputs, results in chunks:
         for task, result in zip(inputs, results, strict=True):
             future = pop(id(task), None)
@@ -170,6 +175,10 @@ def _settle(state: _State, chunks: Iterable[tuple[list[Any], list[Any]]]) -> Non
                 future.set_exception(_exception_of(result))
             else:
                 future.set_result(result)
+        # Not held while waiting for the next chunk: a settled task's arguments and
+        # result belong to its future alone.
+        del inputs, results
+        task = result = future = None
 
 
 #: spindle's own errors, which a failure names but may not carry as an object.
@@ -188,12 +197,19 @@ def _exception_of(failure: Failure) -> BaseException:
 
 
 def _collect(
-    state: _State, run: Iterator[tuple[list[Any], list[Any]]], first: tuple[list[Any], list[Any]]
+    state: _State,
+    run: Iterator[tuple[list[Any], list[Any]]],
+    first: list[tuple[list[Any], list[Any]]],
 ) -> None:
-    """The collector thread: settle futures until the run ends, then what is left."""
+    """The collector thread: settle futures until the run ends, then what is left.
+
+    ``first`` (the chunk with the readiness marker, which may hold the first tasks)
+    comes in a list that this empties: the thread's arguments live as long as it
+    does, and would keep those tasks alive."""
     error: BaseException | None = None
     try:
-        _settle(state, itertools.chain((first,), run))
+        _settle(state, [first.pop()])
+        _settle(state, run)
     except BaseException as exc:  # the run failed: every future left fails with it
         error = exc
     _end(state, error)
@@ -219,15 +235,23 @@ def _close(state: _State, error: BaseException | None) -> list[Future[Any]]:
 
 
 def _fail(rest: list[Future[Any]], error: BaseException | None) -> None:
-    """Cancel the futures of ``rest`` that never started and fail the others."""
+    """Settle the futures of ``rest``: after a shutdown (no ``error``) those that never
+    started are cancelled; after a failure every one fails with ``BrokenExecutor``
+    caused by it, as on the standard pools."""
     for future in rest:
-        if future.cancel():
+        if error is None and future.cancel():
             future.set_running_or_notify_cancel()  # wakes wait() and as_completed()
             continue
-        exc = BrokenExecutor("the executor was stopped before this task finished")
+        if error is None:
+            exc = BrokenExecutor("the executor was stopped before this task finished")
+        else:
+            exc = BrokenExecutor(f"the executor's run failed: {error!r}")
         exc.__cause__ = error
-        with contextlib.suppress(futures.InvalidStateError):
-            future.set_exception(exc)
+        with contextlib.suppress(futures.InvalidStateError, RuntimeError):
+            if not future.running():
+                future.set_running_or_notify_cancel()
+            if not future.done():
+                future.set_exception(exc)
 
 
 def _result_or_cancel(future: Future[_T], timeout: float | None = None) -> _T:
@@ -294,9 +318,13 @@ class Executor(futures.Executor):
             raise TypeError("initializer must be a callable")
         if kind not in ("cpu", "thread"):
             raise ConfigError(f"kind must be 'cpu' or 'thread', not {kind!r}")
-        start_method = "auto"
+        # The context's start method, else the one the program set for multiprocessing
+        # (set_start_method), else spindle's own choice.
         if mp_context is not None:
-            start_method = "fork" if mp_context.get_start_method() == "fork" else "spawn"
+            method = mp_context.get_start_method()
+        else:
+            method = multiprocessing.get_start_method(allow_none=True)
+        start_method = "auto" if method is None else "fork" if method == "fork" else "spawn"
         self._stage: Stage = make_stage(
             _calls.apply,
             kind,
@@ -363,7 +391,7 @@ class Executor(futures.Executor):
             return _close(state, exc), exc
         _LIVE.add(state)
         self._collector = threading.Thread(
-            target=_collect, args=(state, run, first), name="spindle-executor"
+            target=_collect, args=(state, run, [first]), name="spindle-executor"
         )
         self._collector.start()
         return None

@@ -67,3 +67,23 @@ def note_thread() -> None:
 
 def broken_init() -> None:
     raise RuntimeError("initializer failed on purpose")
+
+
+def exit_with(code: int) -> None:
+    raise SystemExit(code)
+
+
+class ExitWhenUnpickled:
+    """A result that raises SystemExit where it is unpickled: in the parent."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return exit_with, (3,)
+
+
+def exit_in_parent() -> ExitWhenUnpickled:
+    return ExitWhenUnpickled()
+
+
+def manager_value(proxy: Any) -> Any:
+    """Read a ``multiprocessing.Manager`` proxy: needs the parent's authkey."""
+    return proxy.get()

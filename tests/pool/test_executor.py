@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import itertools
+import multiprocessing
+import subprocess
+import sys
 import threading
+from pathlib import Path
+from typing import Literal
 
 import pytest
 from _support import Counted
@@ -178,8 +183,9 @@ def test_initializer_runs_in_each_worker_process() -> None:
 def test_an_initializer_that_fails_breaks_the_executor() -> None:
     with spindle.Executor(1, initializer=poolfns.broken_init) as ex:
         first = ex.submit(poolfns.square, 2)
-        with pytest.raises(cf.BrokenExecutor):
+        with pytest.raises(cf.BrokenExecutor) as info:
             first.result(20)
+        assert "initializer failed on purpose" in repr(info.value.__cause__)
         with pytest.raises(cf.BrokenExecutor):
             ex.submit(poolfns.square, 2)
 
@@ -238,3 +244,98 @@ def test_batch_size_1_gives_each_task_a_worker_of_its_own() -> None:
         setter = ex.submit(event.set)
         assert setter.result(10) is None
         assert waiter.result(10) == "released"
+
+
+@pytest.mark.parametrize("kind", ["cpu", "thread"])
+def test_a_task_raising_system_exit_fails_alone_with_it(kind: Literal["cpu", "thread"]) -> None:
+    with spindle.Executor(1, kind=kind) as ex:
+        bad = ex.submit(poolfns.exit_with, 7)
+        with pytest.raises(SystemExit) as info:
+            bad.result(20)
+        assert info.value.code == 7
+        assert [ex.submit(poolfns.square, i).result(20) for i in range(5)] == [0, 1, 4, 9, 16]
+        assert ex.stats()[0].restarts == 0  # the worker went on
+
+
+def test_a_result_that_exits_when_unpickled_fails_its_future_only() -> None:
+    with spindle.Executor(1) as ex:
+        with pytest.raises(spindle.Unpicklable, match="SystemExit"):
+            ex.submit(poolfns.exit_in_parent).result(20)
+        assert ex.submit(poolfns.square, 3).result(20) == 9
+
+
+def test_a_spawned_worker_reaches_a_manager_of_the_parent() -> None:
+    spawn = multiprocessing.get_context("spawn")
+    # The manager is forked: a spawned one would leave multiprocessing's resource
+    # tracker behind, a process of the test's own.
+    fork = multiprocessing.get_context("fork")
+    with fork.Manager() as manager, spindle.Executor(1, mp_context=spawn) as ex:
+        assert ex.submit(poolfns.manager_value, manager.Value("i", 42)).result(60) == 42
+
+
+_SCRIPT = """
+import multiprocessing
+import spindle
+
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+
+def norm(p):
+    return abs(p.x)
+
+
+if __name__ == "__main__":
+    with spindle.Executor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        print(ex.submit(norm, Point(-5)).result(60))
+"""
+
+
+def test_a_spawned_worker_unpickles_a_class_of_the_main_script(tmp_path: Path) -> None:
+    script = tmp_path / "main_script.py"
+    script.write_text(_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "5"
+
+
+def test_a_quick_task_is_not_held_behind_a_slow_one_while_a_worker_is_free(gate: Gate) -> None:
+    with spindle.Executor(2) as ex:
+        list(ex.map(poolfns.square, range(200)))  # quick tasks: the batches have grown
+        slow = ex.submit(poolfns.read_fifo, gate.path)
+        quick = ex.submit(poolfns.square, 3)
+        assert quick.result(10) == 9  # while the slow task still waits at the gate
+        gate.open("done")
+        assert slow.result(10) == "done"
+
+
+_SET_START_METHOD = """
+import json
+import multiprocessing
+import spindle
+
+
+def mark():
+    return getattr(json, "spindle_test_mark", None)
+
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method("spawn")
+    json.spindle_test_mark = "parent"  # a forked worker would see it, a spawned one not
+    with spindle.Executor(1) as ex:
+        print(ex.submit(mark).result(60))
+"""
+
+
+def test_the_start_method_set_for_multiprocessing_is_followed(tmp_path: Path) -> None:
+    script = tmp_path / "set_start_method.py"
+    script.write_text(_SET_START_METHOD)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"
