@@ -46,6 +46,8 @@ SIZES = {
 SMALLER = {("submit", "ppe"), ("submit", "pebble")}
 WORKERS = os.cpu_count() or 1
 BUFFER = 1000
+#: ``chunksize`` of the chunked ``Executor.map`` rows.
+CHUNK = 2000
 
 
 def _submit_all(submit: Callable[..., Any], n: int) -> int:
@@ -96,6 +98,13 @@ def run_one(workload: str, runner: str, n: int) -> dict[str, Any]:
                 ex.submit(noop, 0).result()
                 started = time.perf_counter()
                 done = sum(1 for _ in ex.map(tiny, range(n)))
+        elif runner == "spindle-chunked":
+            import spindle
+
+            with spindle.Executor(WORKERS) as ex:
+                ex.submit(noop, 0).result()
+                started = time.perf_counter()
+                done = sum(1 for _ in ex.map(tiny, range(n), chunksize=CHUNK))
         elif runner == "spindle-pool":
             import spindle
 
@@ -116,7 +125,7 @@ def run_one(workload: str, runner: str, n: int) -> dict[str, Any]:
             with ProcessPoolExecutor(WORKERS) as ex:
                 ex.submit(noop, 0).result()
                 started = time.perf_counter()
-                done = sum(1 for _ in ex.map(tiny, range(n), chunksize=2000))
+                done = sum(1 for _ in ex.map(tiny, range(n), chunksize=CHUNK))
         else:
             raise ValueError(runner)
     elif workload == "memory" and runner == "spindle":
@@ -144,9 +153,10 @@ RUNNERS: dict[str, list[tuple[str, str]]] = {
     ],
     "map": [
         ("spindle", "`spindle.Executor().map`"),
+        ("spindle-chunked", f"`spindle.Executor().map` chunksize={CHUNK}"),
         ("spindle-pool", "`spindle.Pool().map`"),
         ("pool", "`multiprocessing.Pool().map`"),
-        ("ppe", "`ProcessPoolExecutor().map` chunksize=2000"),
+        ("ppe", f"`ProcessPoolExecutor().map` chunksize={CHUNK}"),
     ],
     "memory": [("spindle", f"`spindle.Executor().map` buffersize={BUFFER}")],
 }

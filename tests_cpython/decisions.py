@@ -1,8 +1,10 @@
-"""Every CPython test that does not run unchanged against ``spindle.Executor``, and why.
+"""Every CPython test that does not run unchanged against ``spindle.Executor`` or
+``spindle.Pool``, and why.
 
 A decision names a test by the CPython class that defines it (``Class.method``, as
-:func:`owner_of` gives it), optionally for some flavours only (``thread``, ``fork``,
-``spawn``), and is one of:
+:func:`owner_of` gives it: ``ExecutorTest.test_map`` for the ``concurrent.futures``
+suite, ``_TestPool.test_map`` for the Pool suite), optionally for some flavours only
+(``thread``, ``fork``, ``spawn``), and is one of:
 
 - a **skip**, whose reason starts with ``design:`` (spindle differs on purpose, or the
   test inspects the standard executors' internals or runs them by name) or ``bug:``
@@ -10,7 +12,7 @@ A decision names a test by the CPython class that defines it (``Class.method``, 
 - an **adaptation**: CPython's test body runs unchanged, with some names it looks up
   at run time pointing at spindle's counterparts (the exception spindle documents in
   place of ``BrokenProcessPool``, for instance), or with the child-interpreter scripts
-  it runs importing spindle's executor rather than ``concurrent.futures``'.
+  it runs importing spindle's executor or pool rather than the standard library's.
 
 ``docs/cpython-tests.md`` explains each decision at more length. Nothing here is
 CPython code: only names, and the wrappers that apply the decisions.
@@ -19,6 +21,8 @@ CPython code: only names, and the wrappers that apply the decisions.
 from __future__ import annotations
 
 import functools
+import multiprocessing
+import multiprocessing.pool
 import os
 import re
 import unittest
@@ -27,9 +31,12 @@ from collections.abc import Callable
 from concurrent.futures import BrokenExecutor
 from concurrent.futures import process as futures_process
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from test import _test_multiprocessing  # type: ignore[import-not-found]
+from test.support import script_helper  # type: ignore[import-not-found]
 from test.test_concurrent_futures import (  # type: ignore[import-not-found]
     test_deadlock,
     test_process_pool,
@@ -71,27 +78,9 @@ _BY_NAME = (
     "design: runs futures.{cls} by name (and inspects its {attrs}): it tests the "
     "standard executor, not the one under test"
 )
-_SYSTEM_EXIT = (
-    "bug: a task (or a result's pickling) that raises SystemExit kills its worker "
-    "process, so the future fails with WorkerCrashed, where concurrent.futures sets "
-    "the SystemExit on the future"
-)
-_STALE = (
-    "bug: the executor keeps the last task and the last result of a batch alive "
-    "until the next one arrives (loop locals that wait holding them)"
-)
+_POOL_PRIVATE = "design: inspects {attrs}, internals of multiprocessing.Pool"
 
 SKIPS: dict[str, list[Skip]] = {
-    # executor.py, run by process_pool (fork, spawn) and thread_pool (thread)
-    "ExecutorTest.test_no_stale_references": [Skip(_STALE)],
-    "ExecutorTest.test_free_reference": [Skip(_STALE)],
-    "ExecutorTest.test_map_timeout": [
-        Skip(
-            "bug: a quick task sent in one batch with a slow one settles only when the "
-            "batch ends, so map(sleep, [0, 0, 6], timeout=5) may yield one result, "
-            "not two (fails intermittently)"
-        )
-    ],
     # test_process_pool.py
     "ProcessPoolExecutorTest.test_killed_child": [
         Skip(
@@ -118,19 +107,6 @@ SKIPS: dict[str, list[Skip]] = {
     ],
     "ProcessPoolExecutorTest.test_max_tasks_per_child_defaults_to_spawn_context": [
         Skip(_PRIVATE.format(attrs="_mp_context"))
-    ],
-    "ProcessPoolExecutorTest.test_ressources_gced_in_workers": [
-        Skip(
-            "bug: a worker keeps the arguments of its last task alive until it gets "
-            "another one, so their finalizers do not run when the task ends",
-            _only("fork"),
-        ),
-        Skip(
-            "bug: a spawned worker does not have the parent's multiprocessing authkey, "
-            "so a multiprocessing.Manager proxy sent to it cannot connect "
-            "(AuthenticationError: digest sent was rejected)",
-            _only("spawn"),
-        ),
     ],
     # test_thread_pool.py
     "ThreadPoolExecutorTest.test_default_workers": [Skip(_PRIVATE.format(attrs="_max_workers"))],
@@ -185,14 +161,7 @@ SKIPS: dict[str, list[Skip]] = {
     "FailingInitializerMixin.test_initializer": [
         Skip(
             "design: polls the private _broken and expects a CRITICAL record on the "
-            "'concurrent.futures' logger",
-            _only("thread"),
-        ),
-        Skip(
-            "bug: when the initializer fails, the future of the task submitted first is "
-            "cancelled (CancelledError, no cause) instead of failing with "
-            "BrokenExecutor (the test then also polls the private _broken)",
-            _only("fork", "spawn"),
+            "'concurrent.futures' logger (the part that asks for BrokenExecutor passes)"
         ),
     ],
     "FailingInitializerResourcesTest.test_spawn": [
@@ -208,16 +177,42 @@ SKIPS: dict[str, list[Skip]] = {
         )
     ],
     # test_deadlock.py
-    "ExecutorDeadlockTest.test_exit_during_func_exec_on_worker": [Skip(_SYSTEM_EXIT)],
-    "ExecutorDeadlockTest.test_exit_during_result_pickle_on_worker": [Skip(_SYSTEM_EXIT)],
-    "ExecutorDeadlockTest.test_exit_during_result_unpickle_in_result_handler": [
-        Skip(
-            "bug: a result whose unpickling raises SystemExit in the parent kills the "
-            "run's event-loop thread: the future never settles and shutdown() hangs"
-        )
-    ],
     "ExecutorDeadlockTest.test_shutdown_deadlock_pickle": [
         Skip(_PRIVATE.format(attrs="_executor_manager_thread"))
+    ],
+    # -- the Pool suite: test._test_multiprocessing (fork, spawn) ----------------------
+    "_TestPool.test_make_pool": [Skip(_POOL_PRIVATE.format(attrs="_pool (its processes)"))],
+    "_TestPool.test_resource_warning": [
+        Skip(
+            "design: sets the private _state back to RUN to fake a pool left running; "
+            "spindle's pool gives no ResourceWarning: when it is collected, its "
+            "executor's finalizer ends the run"
+        )
+    ],
+    "_TestPoolWorkerErrors.test_unpickleable_result": [
+        Skip(
+            "design: a result that cannot be pickled fails its task with "
+            "spindle.Unpicklable, not MaybeEncodingError, whose exc and value attributes "
+            "the test reads"
+        )
+    ],
+    "_TestPoolWorkerLifetime.test_pool_worker_lifetime": [
+        Skip(_POOL_PRIVATE.format(attrs="_pool and calls _repopulate_pool"))
+    ],
+    "TestPoolNotLeakOnFailure.test_release_unused_processes": [
+        Skip(
+            "design: runs multiprocessing.pool.Pool by name, with a context whose "
+            "Process fails to start; spindle starts its workers itself, not through "
+            "context.Process"
+        )
+    ],
+    "TestStdinBadfiledescriptor.test_pool_in_process": [
+        Skip(
+            "design: the child process the test starts is spawned, a fresh interpreter "
+            "in which multiprocessing.Pool is the standard pool: no substitution "
+            "reaches it",
+            _only("spawn"),
+        )
     ],
 }
 
@@ -225,13 +220,16 @@ SKIPS: dict[str, list[Skip]] = {
 # -- adaptations -----------------------------------------------------------------------
 
 
-def _substituting(target: ModuleType, why: str, **names: Any) -> Adaptation:
-    """Run the test with ``target``'s globals ``names`` pointing at spindle's values."""
+def _substituting(
+    target: ModuleType, why: str, *, builtin: bool = False, **names: Any
+) -> Adaptation:
+    """Run the test with ``target``'s globals ``names`` pointing at spindle's values
+    (``builtin``: names of builtins, which a global of ``target`` then shadows)."""
 
     def wrap(test: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(test)
         def adapted(self: unittest.TestCase) -> Any:
-            with unittest.mock.patch.multiple(target, **names):
+            with unittest.mock.patch.multiple(target, create=builtin, **names):
                 return test(self)
 
         return adapted
@@ -263,21 +261,74 @@ def _spindle_import(match: re.Match[str]) -> str:
     return f"import functools, multiprocessing, spindle; {name} = {executor}"
 
 
-def _scripts_importing_spindle(why: str) -> Adaptation:
-    """Run the test with the scripts it gives ``assert_python_ok`` importing spindle."""
-    real = test_shutdown.assert_python_ok
+def _rewriting_scripts(target: ModuleType, why: str, rewrite: Callable[[str], str]) -> Adaptation:
+    """Run the test with each script it gives ``target.assert_python_ok`` rewritten by
+    ``rewrite``: the code of a ``-c``, or the file that the test wrote and runs."""
+    real = target.assert_python_ok
+
+    def rewritten(arg: Any) -> Any:
+        if not isinstance(arg, str):
+            return arg
+        if os.path.isfile(arg):  # a script file (the test removes it)
+            path = Path(arg)
+            path.write_text(rewrite(path.read_text(encoding="utf-8")), encoding="utf-8")
+            return arg
+        return rewrite(arg)
 
     def assert_python_ok(*args: Any, **kwargs: Any) -> Any:
-        args = tuple(_IMPORT.sub(_spindle_import, a) if isinstance(a, str) else a for a in args)
-        return real(*args, **kwargs)
+        return real(*map(rewritten, args), **kwargs)
 
-    return _substituting(test_shutdown, why, assert_python_ok=assert_python_ok)
+    return _substituting(target, why, assert_python_ok=assert_python_ok)
+
+
+def _scripts_importing_spindle(why: str) -> Adaptation:
+    """Run the test with the scripts it gives ``assert_python_ok`` importing spindle."""
+    return _rewriting_scripts(test_shutdown, why, functools.partial(_IMPORT.sub, _spindle_import))
+
+
+#: How a child-interpreter script of the Pool suite gets ``multiprocessing.Pool``, and
+#: what spindle puts there.
+_POOL_IMPORTS = (
+    (re.compile(r"\bfrom multiprocessing import Pool\b"), "from spindle import Pool"),
+    (
+        re.compile(r"^(\s*)import multiprocessing$", re.MULTILINE),
+        r"\1import multiprocessing, spindle",
+    ),
+    (re.compile(r"\bmultiprocessing\.Pool\("), "spindle.Pool("),
+)
+
+
+def _spindle_pool(source: str) -> str:
+    for pattern, replacement in _POOL_IMPORTS:
+        source = pattern.sub(replacement, source)
+    return source
+
+
+def _pool_by_name(why: str, flavors: frozenset[str] = _ALL) -> Adaptation:
+    """Run the test with ``multiprocessing.Pool`` building the pool of the test's
+    flavour (``self.Pool``: ``spindle.Pool`` with that start method)."""
+
+    def wrap(test: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(test)
+        def adapted(self: Any) -> Any:  # a test class of pool_tests: it has a Pool
+            with unittest.mock.patch.object(multiprocessing, "Pool", self.Pool):
+                return test(self)
+
+        return adapted
+
+    return Adaptation(why, wrap, flavors)
 
 
 _SCRIPT = (
     "the child interpreter imports spindle.Executor (kind='thread' for the thread "
     "flavour) where the script imports the executor from concurrent.futures by name"
 )
+
+_POOL_BY_NAME = (
+    "the test builds multiprocessing.Pool by name (not self.Pool): that name builds "
+    "spindle.Pool with the flavour's start method"
+)
+_POOL_SCRIPT = "the child interpreter uses spindle.Pool where the script uses multiprocessing.Pool"
 
 ADAPTATIONS: dict[str, Adaptation] = {
     # test_deadlock.py: spindle's documented errors in place of the standard pool's.
@@ -301,6 +352,9 @@ ADAPTATIONS: dict[str, Adaptation] = {
     ),
     "ExecutorDeadlockTest.test_error_during_result_pickle_on_worker": _expect(
         _UNPICKLABLE, PicklingError=spindle.Unpicklable
+    ),
+    "ExecutorDeadlockTest.test_exit_during_result_unpickle_in_result_handler": _expect(
+        _UNPICKLABLE, BrokenProcessPool=spindle.Unpicklable
     ),
     "ExecutorDeadlockTest.test_error_during_result_unpickle_in_result_handler": _expect(
         _UNPICKLABLE, BrokenProcessPool=spindle.Unpicklable
@@ -331,6 +385,32 @@ ADAPTATIONS: dict[str, Adaptation] = {
     ),
     "ExecutorShutdownTest.test_hang_gh83386": _scripts_importing_spindle(_SCRIPT),
     "ThreadPoolShutdownTest.test_cancel_futures_wait_false": _scripts_importing_spindle(_SCRIPT),
+    # -- the Pool suite: test._test_multiprocessing (fork, spawn) ----------------------
+    "_TestPool.test_traceback": _substituting(
+        multiprocessing.pool,
+        "design: the worker's traceback is the cause as spindle.RemoteTraceback, "
+        "not multiprocessing.pool.RemoteTraceback",
+        RemoteTraceback=spindle.RemoteTraceback,
+    ),
+    "_TestPool.test_map_unplicklable": _substituting(
+        _test_multiprocessing,
+        "design: an argument that cannot be pickled fails its task with "
+        "spindle.Unpicklable, not with the error its pickling raised: RuntimeError, "
+        "what the argument's __reduce__ raises and map() is expected to, means "
+        "spindle.Unpicklable",
+        builtin=True,
+        RuntimeError=spindle.Unpicklable,
+    ),
+    "_TestPoolWorkerErrors.test_async_error_callback": _pool_by_name(_POOL_BY_NAME),
+    "_TestPoolWorkerLifetime.test_pool_worker_lifetime_early_close": _pool_by_name(_POOL_BY_NAME),
+    "_TestPoolWorkerLifetime.test_pool_maxtasksperchild_invalid": _pool_by_name(_POOL_BY_NAME),
+    "TestStdinBadfiledescriptor.test_pool_in_process": _pool_by_name(
+        _POOL_BY_NAME + " (a forked child inherits it)", _only("fork")
+    ),
+    "_TestPoolWorkerLifetime.test_worker_finalization_via_atexit_handler_of_multiprocessing": (
+        _rewriting_scripts(script_helper, _POOL_SCRIPT, _spindle_pool)
+    ),
+    "MiscTestCase.test_large_pool": _rewriting_scripts(script_helper, _POOL_SCRIPT, _spindle_pool),
 }
 
 

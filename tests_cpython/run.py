@@ -1,13 +1,15 @@
-"""Run CPython's ``concurrent.futures`` tests against ``spindle.Executor``; print a summary.
+"""Run CPython's tests against spindle: ``concurrent.futures``' against ``spindle.Executor``,
+``multiprocessing``'s Pool tests against ``spindle.Pool``; print a summary.
 
 ::
 
     python tests_cpython/run.py [-m MODULE ...] [-k SUBSTRING] [--per-test-timeout S]
                                 [--run-bugs] [--json PATH] [-v]
 
-Each CPython test module (``as_completed``, ``wait``, ``shutdown``, ``init``,
-``process_pool``, ``deadlock``, ``thread_pool``, ``future``) runs in a child process of
-its own, so that a test that hangs or kills its interpreter cannot hold or end the run:
+Each module (``concurrent.futures``' ``as_completed``, ``wait``, ``shutdown``, ``init``,
+``process_pool``, ``deadlock``, ``thread_pool``, ``future``; the Pool suite's ``pool``)
+runs in a child process of its own, so that a test that hangs or kills its interpreter
+cannot hold or end the run:
 
 ::
 
@@ -174,6 +176,7 @@ def child(module: str, ids_path: str, out_path: str, limit: float) -> int:
 class Meta:
     """What the parent knows of a test before it runs: where it counts."""
 
+    suite: str
     module: str
     flavor: str
     owner: str
@@ -209,6 +212,7 @@ class Record:
         meta = self.meta
         return {
             "id": self.id,
+            "suite": meta.suite,
             "module": meta.module,
             "flavor": meta.flavor,
             "owner": meta.owner,
@@ -233,6 +237,7 @@ def collect(modules: list[str], pattern: str | None) -> dict[str, dict[str, Meta
                 continue
             method = getattr(test, test._testMethodName)
             tests[test.id()] = Meta(
+                suites.suite_of(module),
                 module,
                 suites.flavor_of(type(test)),
                 decisions.owner_of(type(test), test._testMethodName),
@@ -327,23 +332,32 @@ def _tail(text: str, lines: int = 60) -> str:
 
 def _summary_line(label: str, counts: dict[str, int], seconds: float) -> str:
     cells = "".join(f"{counts.get(c, 0):>13}" for c in CATEGORIES)
-    return f"{label:<22}{cells}{seconds:>10.1f}s"
+    return f"{label:<26}{cells}{seconds:>10.1f}s"
 
 
 def report(records: list[Record], fixtures: list[str], elapsed: float) -> int:
-    """Print the per-module summary and the failures; the exit status."""
-    rows: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    """Print the summary (per module and flavour, a subtotal per suite) and the
+    failures; the exit status."""
+    rows: dict[str, dict[tuple[str, str], dict[str, int]]] = defaultdict(dict)
     times: dict[tuple[str, str], float] = defaultdict(float)
-    total: dict[str, int] = defaultdict(int)
     for record in records:
         key = (record.meta.module, record.meta.flavor)
-        rows[key][record.category] += 1
+        counts = rows[record.meta.suite].setdefault(key, defaultdict(int))
+        counts[record.category] += 1
         times[key] += record.time
-        total[record.category] += 1
     print()
-    print(f"{'module / flavour':<22}" + "".join(f"{HEADINGS[c]:>13}" for c in CATEGORIES))
-    for key in rows:
-        print(_summary_line(f"{key[0]} / {key[1]}", rows[key], times[key]))
+    print(f"{'module / flavour':<26}" + "".join(f"{HEADINGS[c]:>13}" for c in CATEGORIES))
+    total: dict[str, int] = defaultdict(int)
+    for suite, suite_rows in rows.items():
+        print(suite)
+        subtotal: dict[str, int] = defaultdict(int)
+        for key, counts in suite_rows.items():
+            print(_summary_line(f"  {key[0]} / {key[1]}", counts, times[key]))
+            for category, n in counts.items():
+                subtotal[category] += n
+                total[category] += n
+        seconds = sum(times[key] for key in suite_rows)
+        print(_summary_line("  subtotal", subtotal, seconds))
     print(_summary_line("total", total, sum(times.values())))
     print(f"\n{len(records)} tests in {elapsed:.1f}s (wall clock)")
     leaky = [r for r in records if r.warnings]

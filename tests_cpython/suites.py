@@ -1,15 +1,24 @@
-"""The spindle test classes, built from CPython's ``test.test_concurrent_futures``.
+"""The spindle test classes, built from CPython's own test suites; the list of them.
 
-CPython writes each group of tests once, as a mixin (``AsCompletedTests``,
-``WaitTests``...), and ``util.create_executor_tests`` crosses it with one mixin per
-executor (``ThreadPoolMixin``, ``ProcessPoolForkMixin``...) that names the executor
-class and its start method. Spindle is plugged in the same way: three more executor
-mixins, subclasses of CPython's own, whose ``executor_type`` is :class:`spindle.Executor`
-(``kind="thread"`` for the thread flavour, ``mp_context`` fork or spawn for the process
-flavours), crossed with the same test mixins by the same function. The test bodies are
-CPython's, untouched; what differs for spindle is applied to the built classes
-afterwards, by name, from :mod:`tests_cpython.decisions` (a skip with its reason, or an
-adaptation), so that each decision is in one place and shows in the results.
+Two suites, each the test package of the running interpreter, untouched:
+
+- ``concurrent.futures`` (``test.test_concurrent_futures``), against
+  :class:`spindle.Executor`, built here;
+- ``multiprocessing.pool`` (the Pool tests of ``test._test_multiprocessing``), against
+  :class:`spindle.Pool`, built by :mod:`tests_cpython.pool_tests` in ``pool_fork`` and
+  ``pool_spawn``, and run as one module here, ``pool``.
+
+CPython writes each group of ``concurrent.futures`` tests once, as a mixin
+(``AsCompletedTests``, ``WaitTests``...), and ``util.create_executor_tests`` crosses it
+with one mixin per executor (``ThreadPoolMixin``, ``ProcessPoolForkMixin``...) that
+names the executor class and its start method. Spindle is plugged in the same way:
+three more executor mixins, subclasses of CPython's own, whose ``executor_type`` is
+:class:`spindle.Executor` (``kind="thread"`` for the thread flavour, ``mp_context`` fork
+or spawn for the process flavours), crossed with the same test mixins by the same
+function. The test bodies are CPython's, untouched; what differs for spindle is applied
+to the built classes afterwards, by name, from :mod:`tests_cpython.decisions` (a skip
+with its reason, or an adaptation), so that each decision is in one place and shows in
+the results.
 
 ::
 
@@ -18,13 +27,15 @@ adaptation), so that each decision is in one place and shows in the results.
     Spindle*Mixin ───────┘                                │
                                        decisions.apply ◀──┘ (skips, adaptations)
 
-The classes are module globals here, so that a spawned worker can unpickle a task that
-refers to one (a bound class method, as ``test_traceback`` submits).
+The classes are module globals (here, and in ``pool_fork`` and ``pool_spawn`` for the
+Pool suite), so that a spawned worker can unpickle a task that refers to one (a bound
+class method, as ``test_traceback`` submits).
 """
 
 from __future__ import annotations
 
 import unittest
+import unittest.mock
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,10 +52,14 @@ from test.test_concurrent_futures import (  # type: ignore[import-not-found]
 )
 
 import spindle
+from spindle.pool import _future
 
-from . import decisions
+from . import decisions, pool_fork, pool_spawn
 
-__all__ = ["MODULES", "flavor_of", "iter_tests"]
+__all__ = ["MODULES", "SUITES", "flavor_of", "iter_tests", "suite_of"]
+
+FUTURES = "concurrent.futures"
+POOL = "multiprocessing.pool"
 
 
 class ThreadExecutor(spindle.Executor):
@@ -82,6 +97,8 @@ ALL = THREAD + PROCESSES
 
 #: CPython's test module -> the spindle test classes built from it, in run order.
 MODULES: dict[str, list[type[unittest.TestCase]]] = {}
+#: The suite -> its modules, in run order (``run.py`` prints a subtotal for each).
+SUITES: dict[str, list[str]] = {}
 
 
 def _cross(module: str, mixin: type, executor_mixins: tuple[type, ...]) -> None:
@@ -111,6 +128,18 @@ def _plain(module: str, concrete: type) -> None:
     MODULES.setdefault(module, []).append(cls)
 
 
+class SpindleFutureTests(test_future.FutureTests):  # type: ignore[misc]
+    """CPython's tests of ``Future``, each future the test makes spindle's ``Future``
+    (the futures spindle's executor returns)."""
+
+    def setUp(self) -> None:
+        for module in (test_future, util):  # Future(), and util.create_future's
+            patcher = unittest.mock.patch.object(module, "Future", _future.Future)
+            patcher.start()
+            self.addCleanup(patcher.stop)
+        super().setUp()
+
+
 def _build() -> None:
     _cross("as_completed", test_as_completed.AsCompletedTests, ALL)
     _cross("wait", test_wait.WaitTests, PROCESSES)
@@ -123,11 +152,21 @@ def _build() -> None:
     _cross("process_pool", test_process_pool.ProcessPoolExecutorTest, PROCESSES)
     _cross("deadlock", test_deadlock.ExecutorDeadlockTest, PROCESSES)
     _derive("thread_pool", SpindleThreadMixin, test_thread_pool.ThreadPoolExecutorTest)
-    # Tests of the Future class itself, which is what spindle's executor returns.
-    MODULES["future"] = [test_future.FutureTests]
+    # Tests of the Future class itself, and of the lighter one spindle's executor returns.
+    MODULES["future"] = [test_future.FutureTests, SpindleFutureTests]
+    SUITES[FUTURES] = list(MODULES)
+    # One module for both start methods: unittest runs each class under the module
+    # fixtures of its own module (pool_fork's, then pool_spawn's), as CPython does.
+    MODULES["pool"] = [*pool_fork.CLASSES, *pool_spawn.CLASSES]
+    SUITES[POOL] = ["pool"]
     for classes in MODULES.values():
         for cls in classes:
             decisions.apply(cls, flavor_of(cls))
+
+
+def suite_of(module: str) -> str:
+    """The suite a module of :data:`MODULES` belongs to."""
+    return next(suite for suite, modules in SUITES.items() if module in modules)
 
 
 def flavor_of(cls: type) -> str:

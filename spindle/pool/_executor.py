@@ -54,7 +54,7 @@ from .._core.source import ChunkedSource
 from .._core.stage import Stage, StageStats, make_stage
 from .._errors import ConfigError, PipelineClosed, Timeout, Unpicklable, WorkerCrashed
 from .._failure import Failure
-from . import _calls
+from . import _calls, _future
 
 __all__ = ["Executor"]
 
@@ -73,7 +73,7 @@ class _State:
     """What an executor shares with its threads: not the executor itself, so that an
     executor nobody holds can be collected (and its run ended)."""
 
-    __slots__ = ("__weakref__", "broken", "lock", "pending", "queue", "shutdown")
+    __slots__ = ("__weakref__", "broken", "cause", "lock", "pending", "queue", "shutdown")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -87,6 +87,8 @@ class _State:
         self.shutdown = False
         #: Why the executor cannot take tasks any more (its run failed), else None.
         self.broken: str | None = None
+        #: The error the run failed with, if it did.
+        self.cause: BaseException | None = None
 
     def stop(self) -> None:
         """Take no more tasks; the run ends after those already submitted."""
@@ -227,6 +229,7 @@ def _close(state: _State, error: BaseException | None) -> list[Future[Any]]:
     task left; call with the lock held."""
     if error is not None or not state.shutdown:
         state.broken = f"the executor's run stopped: {error!r}"
+        state.cause = error
         state.shutdown = True
     rest = list(state.pending.values())
     state.pending.clear()
@@ -360,12 +363,12 @@ class Executor(futures.Executor):
         state = self._state
         with state.lock:
             if state.broken is not None:
-                raise BrokenExecutor(state.broken)
+                raise BrokenExecutor(state.broken) from state.cause
             if state.shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            future: Future[_T] = Future()
+            future: Future[_T] = _future.Future()
             task = (fn, args, kwargs)
             state.pending[id(task)] = future
             state.queue.put(task)
@@ -376,6 +379,22 @@ class Executor(futures.Executor):
             if not isinstance(exc, Exception):
                 raise exc
         return future
+
+    def start(self) -> None:
+        """Start the workers now rather than with the first ``submit`` (what
+        ``spindle.Pool`` does, as ``multiprocessing.Pool`` starts its processes in its
+        constructor). If they cannot start, the executor is broken: the next
+        ``submit`` raises ``BrokenExecutor``, caused by the error."""
+        state = self._state
+        with state.lock:
+            if self._results is not None or state.shutdown:
+                return
+            failed = self._start()
+        if failed is not None:
+            rest, exc = failed
+            _fail(rest, exc)
+            if not isinstance(exc, Exception):
+                raise exc
 
     def _start(self) -> tuple[list[Future[Any]], BaseException] | None:
         """Start the run, in the caller's thread (see the module's docstring), with

@@ -7,7 +7,9 @@ tasks are batched to the workers, and ``stats()`` shows progress. What differs f
 
 - ``imap`` and ``imap_unordered`` read their iterable as their results are taken,
   a bounded number of tasks ahead (``multiprocessing`` reads it all at once, into
-  memory): read their results before ``join()``, which takes no more tasks.
+  memory): read their results before ``join()``, which takes no more tasks. An
+  exception that the iterable raises is still met in its place, as in
+  ``multiprocessing``: after the results of the items read before it.
 - ``map`` with no ``chunksize`` cuts its input in chunks as ``multiprocessing`` does
   (about four per worker), but of at most 1,024 items, so that its progress shows;
   ``imap``'s default ``chunksize`` is 1, which costs little here: tasks are batched.
@@ -43,6 +45,14 @@ READ_AHEAD = 1024
 _MAX_AUTO_CHUNK = 1024
 
 Callback = Callable[[Any], object] | None
+
+
+def _failed(exc: Exception) -> Future[Any]:
+    """A settled future that raises ``exc``: an error of the input, in the place of
+    the task it could not make (as ``multiprocessing`` reports it)."""
+    future: Future[Any] = Future()
+    future.set_exception(exc)
+    return future
 
 
 class AsyncResult(Generic[_T]):
@@ -185,17 +195,23 @@ class IMapIterator(Iterator[_T]):
             except StopIteration:
                 self._exhausted = True
                 return
-            if self._chunked:
-                future = self._submit(_calls.run_chunk, self._fn, call, self._star)
-            elif self._star:
-                future = self._submit(self._fn, *call)
+            except Exception as exc:  # the input failed: its error is the last result
+                self._exhausted = True
+                future = _failed(exc)
             else:
-                future = self._submit(self._fn, call)
+                future = self._submit_call(call)
             self._in_flight += 1
             if self._ordered:
                 self._futures.append(future)
             else:
                 future.add_done_callback(self._done.put)
+
+    def _submit_call(self, call: Any) -> Future[Any]:
+        if self._chunked:
+            return self._submit(_calls.run_chunk, self._fn, call, self._star)
+        if self._star:
+            return self._submit(self._fn, *call)
+        return self._submit(self._fn, call)
 
     def __iter__(self) -> IMapIterator[_T]:
         return self
@@ -258,6 +274,10 @@ class Pool:
         )
         self._processes = self._executor.max_workers
         self._state = _RUN
+        # The workers start now, as multiprocessing's do: the initializer runs even in
+        # a pool that is given no task. (A failed start leaves the executor broken:
+        # the first call raises BrokenExecutor, with the cause.)
+        self._executor.start()
 
     def __repr__(self) -> str:
         name = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -340,11 +360,17 @@ class Pool:
             chunksize, extra = divmod(len(items), self._processes * 4)  # type: ignore[arg-type]
             chunksize = min(chunksize + bool(extra), _MAX_AUTO_CHUNK)
         it = iter(items)
-        submit = self._executor.submit
-        chunks = [
-            submit(_calls.run_chunk, func, chunk, star)
-            for chunk in iter(lambda: list(itertools.islice(it, max(chunksize, 1))), [])
-        ]
+        reading = iter(lambda: list(itertools.islice(it, max(chunksize, 1))), [])
+        chunks: list[Future[list[Any]]] = []
+        while True:
+            try:
+                chunk = next(reading)
+            except StopIteration:
+                break
+            except Exception as exc:  # the input failed: the result fails with its error
+                chunks.append(_failed(exc))
+                break
+            chunks.append(self._executor.submit(_calls.run_chunk, func, chunk, star))
         return MapResult(chunks, callback, error_callback)
 
     def imap(

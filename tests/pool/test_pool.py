@@ -5,6 +5,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import multiprocessing
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,6 +100,54 @@ def test_imap_raises_a_failure_in_its_place_and_goes_on() -> None:
         assert list(results) == [4, 5]
 
 
+class InputError(Exception):
+    """Raised by the input iterables of the tests below, not by a task."""
+
+
+def raising_at(when: int, total: int = 20) -> Iterator[int]:
+    """0, 1, 2... up to ``total``, but raise InputError in place of ``when``."""
+    for i in range(total):
+        if i == when:
+            raise InputError(f"no item {i}")
+        yield i
+
+
+class SizedButFailing:
+    """An iterable with a length, whose iterator fails at once."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[int]:
+        return raising_at(0)
+
+
+def test_an_error_of_the_input_comes_in_its_place() -> None:
+    with spindle.Pool(2) as pool:
+        results = pool.imap(poolfns.square, raising_at(3))  # reads ahead: must not raise
+        assert [next(results) for _ in range(3)] == [0, 1, 4]
+        with pytest.raises(InputError, match="no item 3") as caught:
+            next(results)
+        assert caught.value.__cause__ is None  # the iterable's own error, not a remote one
+        with pytest.raises(StopIteration):
+            next(results)
+        chunked = pool.imap(poolfns.square, raising_at(7), chunksize=2)
+        assert [next(chunked) for _ in range(6)] == [i * i for i in range(6)]  # not 6: its chunk
+        with pytest.raises(InputError):
+            next(chunked)
+        unordered = pool.imap_unordered(poolfns.square, raising_at(5))
+        with pytest.raises(InputError):
+            sorted(unordered)
+        errors: list[BaseException] = []
+        failed = pool.map_async(poolfns.square, SizedButFailing(), 1, error_callback=errors.append)
+        with pytest.raises(InputError):
+            failed.get(10)
+        assert len(errors) == 1 and isinstance(errors[0], InputError)
+        with pytest.raises(InputError):
+            pool.map(poolfns.square, raising_at(0))
+        assert pool.map(poolfns.square, range(3)) == [0, 1, 4]  # the pool goes on
+
+
 def test_imap_unordered() -> None:
     with spindle.Pool(2) as pool:
         assert sorted(pool.imap_unordered(poolfns.square, range(500))) == sorted(
@@ -166,3 +216,11 @@ def test_repr_and_context_manager_terminates() -> None:
     with spindle.Pool(2) as pool:
         assert "state=RUN pool_size=2" in repr(pool)
     assert "state=TERMINATE" in repr(pool)
+
+
+def test_the_initializer_runs_in_a_pool_given_no_task(tmp_path: Path) -> None:
+    marker = tmp_path / "initialized"
+    pool = spindle.Pool(2, initializer=poolfns.touch, initargs=(str(marker),))
+    pool.close()
+    pool.join()
+    assert marker.read_text() == "xx"  # once in each worker
