@@ -485,6 +485,15 @@ class Executor(futures.Executor):
         if wait and collector is not None:
             collector.join()
 
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
+        """``shutdown(wait=True)``; after a Ctrl-C (or any exception that is not an
+        ``Exception``), the tasks not taken in are cancelled and the workers stopped
+        first, so that leaving the block does not wait for the tasks running."""
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            self.terminate_workers()
+        self.shutdown(wait=True)
+        return False
+
     def terminate_workers(self) -> None:
         """Stop the workers now and shut down: tasks not taken in are cancelled, the
         others fail with ``BrokenExecutor``. Does not wait (``shutdown()`` does)."""

@@ -6,6 +6,8 @@ import asyncio
 import concurrent.futures as cf
 import itertools
 import multiprocessing
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -275,6 +277,8 @@ def test_a_spawned_worker_reaches_a_manager_of_the_parent() -> None:
 
 _SCRIPT = """
 import multiprocessing
+import os
+import signal
 import spindle
 
 
@@ -316,6 +320,8 @@ def test_a_quick_task_is_not_held_behind_a_slow_one_while_a_worker_is_free(gate:
 _SET_START_METHOD = """
 import json
 import multiprocessing
+import os
+import signal
 import spindle
 
 
@@ -339,3 +345,54 @@ def test_the_start_method_set_for_multiprocessing_is_followed(tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "None"
+
+
+_CTRL_C = """
+import time
+import spindle
+
+
+def block(_):
+    time.sleep(120)
+
+
+if __name__ == "__main__":
+    try:
+        with spindle.Executor(2) as ex:
+            futures = [ex.submit(block, i) for i in range(10)]
+            while sum(w["state"] == "busy" for w in ex.snapshot()["workers"]) < 2:
+                time.sleep(0.01)  # until both workers run a task
+            print(*(w["pid"] for w in ex.snapshot()["workers"]), flush=True)
+            futures[0].result()
+    except KeyboardInterrupt:
+        print(sum(f.done() for f in futures[2:]), flush=True)
+        rest = futures[2:]
+        print(*{type(f.exception(0)).__name__ for f in rest if not f.cancelled()}, flush=True)
+        raise
+"""
+
+
+def test_ctrl_c_with_pending_futures_settles_them_and_leaves_no_worker(tmp_path: Path) -> None:
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(_CTRL_C)
+    child = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        pids = [int(p) for p in child.stdout.readline().split()]
+        assert len(pids) == 2
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)  # not the two minutes the tasks take
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode != 0 and "KeyboardInterrupt" in err
+    done, errors = out.splitlines()
+    # The tasks waiting behind the two running ones are settled, not left pending:
+    # cancelled if not taken in yet, else failed with BrokenExecutor.
+    assert int(done) == 8
+    assert set(errors.split()) <= {"BrokenExecutor"}
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
