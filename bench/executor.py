@@ -43,7 +43,7 @@ SIZES = {
     "memory": (10_000_000, 1_000_000),
 }
 #: Runners too slow for the full size of a workload run a tenth of it.
-SMALLER = {("submit", "ppe"), ("submit", "pebble")}
+SMALLER = {("submit", "ppe"), ("submit", "pebble"), ("submit", "loky")}
 WORKERS = os.cpu_count() or 1
 BUFFER = 1000
 #: ``chunksize`` of the chunked ``Executor.map`` rows.

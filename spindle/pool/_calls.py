@@ -8,6 +8,7 @@ only this (the package's ``__init__`` is lazy for the same reason).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,6 +26,29 @@ def run_chunk(fn: Callable[..., Any], chunk: Iterable[Any], star: bool) -> list[
     if star:
         return [fn(*args) for args in chunk]
     return [fn(x) for x in chunk]
+
+
+class CallsStopped(Exception):
+    """A chunk of :func:`run_calls` stopped at a call that raised: the results of the
+    calls before it, and what it raised (the worker's traceback is this exception's)."""
+
+    def __init__(self, results: list[Any], error: BaseException) -> None:
+        super().__init__(results, error)
+        self.results = results
+        self.error = error
+
+
+def run_calls(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> tuple[list[Any], float]:
+    """``fn(*args)`` for each call of a chunk that ``Executor.map`` made: the results
+    and the seconds they took (how the map sizes its next chunks)."""
+    started = time.perf_counter()
+    results: list[Any] = []
+    try:
+        for args in calls:
+            results.append(fn(*args))
+    except BaseException as exc:  # as a task would: SystemExit too
+        raise CallsStopped(results, exc) from exc
+    return results, time.perf_counter() - started
 
 
 class Initializer:

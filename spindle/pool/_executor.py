@@ -426,9 +426,18 @@ class Executor(futures.Executor):
         """Like ``map(fn, *iterables)``, the calls run by the workers: results in order.
 
         As in Python 3.14: ``timeout`` counts from this call; ``buffersize`` bounds the
-        tasks submitted ahead of the consumer, and the iterables are then read as the
+        calls submitted ahead of the consumer, and the iterables are then read as the
         results are taken (without it, they are read whole now). ``chunksize`` sends
-        that many calls as one task (spindle batches tasks itself, so 1 is cheap).
+        that many calls as one task.
+
+        With the default ``chunksize=1`` the first calls run one task each (one per
+        worker, twice over); when the first is done within 5 ms, the calls are that
+        quick and the rest go in chunks sized to take about 20 ms each (up to 1,024
+        calls; with ``buffersize``, resized as the chunks report their time), which
+        is what makes a map of tiny calls as fast as ``multiprocessing.Pool.map``. As
+        with any chunk, a call in one waits for its chunk, and a worker that dies
+        fails the whole chunk. Calls are never grouped on an executor with
+        ``timeout``, ``retries`` or ``max_tasks_per_child``, which count tasks.
         """
         if buffersize is not None and not isinstance(buffersize, int):
             raise TypeError("buffersize must be an integer or None")
@@ -436,40 +445,23 @@ class Executor(futures.Executor):
             raise ValueError("buffersize must be None or > 0")
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        calls = zip(*iterables, strict=False)
         if chunksize == 1:
-            return self._map(fn, zip(*iterables, strict=False), timeout, buffersize)
-        chunks = _chunked(zip(*iterables, strict=False), chunksize)
-        lists = self._map(_calls.run_chunk, ((fn, c, True) for c in chunks), timeout, buffersize)
-        return itertools.chain.from_iterable(lists)
+            return _Mapping(self, fn, calls, timeout, buffersize).results()
+        chunks = _chunked(calls, chunksize)
+        tasks = ((fn, c, True) for c in chunks)
+        lists = _Mapping(self, _calls.run_chunk, tasks, timeout, buffersize, grow=False)
+        return itertools.chain.from_iterable(lists.results())
 
-    def _map(
-        self,
-        fn: Callable[..., _T],
-        calls: Iterator[tuple[Any, ...]],
-        timeout: float | None,
-        buffersize: int | None,
-    ) -> Iterator[_T]:
-        end_time = None if timeout is None else timeout + time.monotonic()
-        fs: deque[Future[_T]] = deque(
-            self.submit(fn, *args) for args in itertools.islice(calls, buffersize)
+    def _groups_calls(self) -> bool:
+        """Whether ``map`` may put several calls in one task: not when tasks are
+        counted or bounded one by one (a timeout, retries, tasks per worker)."""
+        stage = self._stage
+        return (
+            stage.timeout is None
+            and stage.retry.retries == 0
+            and stage.max_jobs_per_worker is None
         )
-        # A weak reference, so that the iterator does not keep the executor alive.
-        executor = weakref.ref(self)
-
-        def results() -> Iterator[_T]:
-            try:
-                while fs:
-                    if buffersize and (ex := executor()) and (args := next(calls, None)):
-                        fs.append(ex.submit(fn, *args))
-                    if end_time is None:
-                        yield _result_or_cancel(fs.popleft())
-                    else:
-                        yield _result_or_cancel(fs.popleft(), end_time - time.monotonic())
-            finally:
-                for future in fs:
-                    future.cancel()
-
-        return results()
 
     # -- stopping --------------------------------------------------------------------
 
@@ -518,6 +510,121 @@ class Executor(futures.Executor):
         """The run as plain data (see :meth:`spindle.Results.snapshot`); ``{}`` before
         the first task."""
         return self._pipeline.snapshot()
+
+
+#: ``map``: a first call done within this many seconds makes the rest go in chunks.
+_QUICK = 0.005
+#: ``map``: seconds of work a chunk of calls is sized to take.
+_CHUNK_SECONDS = 0.02
+#: ``map``: most calls in one chunk.
+_MAX_CHUNK = 1024
+
+
+class _Mapping:
+    """One ``Executor.map``: its tasks in order (a call each, or a chunk of calls),
+    submitted ahead of the consumer (all of them, or ``buffersize`` calls' worth)."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        fn: Callable[..., Any],
+        calls: Iterator[tuple[Any, ...]],
+        timeout: float | None,
+        buffersize: int | None,
+        *,
+        grow: bool = True,
+    ) -> None:
+        self.end_time = None if timeout is None else timeout + time.monotonic()
+        self.fn = fn
+        self.calls = calls
+        self.buffersize = buffersize
+        # A weak reference, so that the iterator does not keep the executor alive.
+        self.executor = weakref.ref(executor)
+        #: (future, calls in it; 0 for a task of one call, whose result is the value)
+        self.tasks: deque[tuple[Future[Any], int]] = deque()
+        self.ahead = 0  # calls submitted and not yet given to the consumer
+        self.size = 1  # calls per task from now on
+        workers = executor.max_workers
+        self.workers = workers
+        probes = 2 * workers if buffersize is None else min(2 * workers, buffersize)
+        first = self._submit_calls(probes)
+        if grow and first == 2 * workers and executor._groups_calls():
+            # Not waited for under a timeout: the map's time is the caller's.
+            self.size = self._measure(self.tasks[0][0], _QUICK if timeout is None else 0.0)
+        self._refill()
+
+    def _submit_calls(self, n: int | None) -> int:
+        """Submit up to ``n`` calls (None: all), a task each; how many there were."""
+        executor = self.executor()
+        if executor is None:
+            return 0
+        submitted = 0
+        for args in itertools.islice(self.calls, n):
+            self.tasks.append((executor.submit(self.fn, *args), 0))
+            submitted += 1
+        self.ahead += submitted
+        return submitted
+
+    def _measure(self, first: Future[Any], wait: float) -> int:
+        """Calls per chunk, from how soon the first call is done (1: not quick)."""
+        started = time.monotonic()
+        futures.wait([first], timeout=wait)
+        elapsed = time.monotonic() - started
+        if not first.done() or first.cancelled() or first.exception() is not None:
+            return 1
+        return self._chunk_size(max(elapsed, 1e-6))
+
+    def _chunk_size(self, per_call: float) -> int:
+        size = min(int(_CHUNK_SECONDS / per_call), _MAX_CHUNK)
+        if self.buffersize is not None:  # room for a chunk per worker, twice over
+            size = min(size, self.buffersize // (2 * self.workers))
+        return max(size, 1)
+
+    def _refill(self) -> None:
+        """Submit what the buffer has room for (everything, without ``buffersize``)."""
+        if self.size == 1:
+            room = None if self.buffersize is None else self.buffersize - self.ahead
+            if room is None or room > 0:
+                self._submit_calls(room)
+            return
+        executor = self.executor()
+        while executor is not None and (
+            self.buffersize is None or self.ahead + self.size <= self.buffersize
+        ):
+            chunk = list(itertools.islice(self.calls, self.size))
+            if not chunk:
+                return
+            self.tasks.append((executor.submit(_calls.run_calls, self.fn, chunk), len(chunk)))
+            self.ahead += len(chunk)
+
+    def _next_task(self) -> tuple[Future[Any], int]:
+        """The next task in order; its calls leave the buffer, which is refilled."""
+        task = self.tasks.popleft()
+        self.ahead -= task[1] or 1
+        if self.buffersize is not None:
+            self._refill()
+        return task
+
+    def results(self) -> Iterator[Any]:
+        try:
+            while self.tasks:
+                end = self.end_time
+                timeout = None if end is None else end - time.monotonic()
+                if not self.tasks[0][1]:  # one call: its value, held by nothing here
+                    yield _result_or_cancel(self._next_task()[0], timeout)
+                    continue
+                calls = self.tasks[0][1]
+                try:
+                    values, seconds = _result_or_cancel(self._next_task()[0], timeout)
+                except _calls.CallsStopped as stop:  # a call raised: what came before it
+                    yield from stop.results
+                    raise stop.error from stop.__cause__
+                if self.buffersize is not None:  # later chunks sized by this one's time
+                    self.size = self._chunk_size(max(seconds / calls, 1e-7))
+                yield from values
+        finally:
+            for future, _ in self.tasks:
+                future.cancel()
 
 
 def _chunked(it: Iterator[Any], size: int) -> Iterator[list[Any]]:

@@ -92,3 +92,16 @@ def manager_value(proxy: Any) -> Any:
 def touch(path: str) -> None:
     with open(path, "a") as f:
         f.write("x")
+
+
+def fail_at(x: int, bad: int) -> int:
+    if x == bad:
+        raise ValueError(f"{x} is the bad one")
+    return x
+
+
+def sleep_then(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds

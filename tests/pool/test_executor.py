@@ -396,3 +396,32 @@ def test_ctrl_c_with_pending_futures_settles_them_and_leaves_no_worker(tmp_path:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_map_of_quick_calls_groups_them_in_few_tasks() -> None:
+    with spindle.Executor(2) as ex:
+        assert list(ex.map(poolfns.square, range(20_000))) == [i * i for i in range(20_000)]
+        assert ex.stats()[0].done < 2_000  # tasks: chunks of calls, not one per call
+
+
+def test_map_groups_nothing_for_slow_calls_or_with_a_timeout() -> None:
+    with spindle.Executor(2) as ex:
+        assert list(ex.map(poolfns.sleep_then, [0.02] * 12)) == [0.02] * 12
+        assert ex.stats()[0].done == 12
+    with spindle.Executor(2, timeout=30) as ex:
+        assert list(ex.map(poolfns.square, range(500))) == [i * i for i in range(500)]
+        assert ex.stats()[0].done == 500  # each call bounded by the timeout on its own
+
+
+@pytest.mark.parametrize("buffersize", [None, 200])
+def test_a_call_failing_in_a_chunk_comes_after_the_results_before_it(
+    buffersize: int | None,
+) -> None:
+    with spindle.Executor(2) as ex:
+        bad = 7_000
+        results = ex.map(poolfns.fail_at, range(10_000), [bad] * 10_000, buffersize=buffersize)
+        assert list(itertools.islice(results, bad)) == list(range(bad))
+        with pytest.raises(ValueError, match="7000 is the bad one") as info:
+            next(results)
+        assert isinstance(info.value.__cause__, spindle.RemoteTraceback)
+        assert "fail_at" in info.value.__cause__.tb
