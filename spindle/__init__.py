@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from ._core.pipeline import Results as Results
     from ._core.stage import Stage as Stage
     from ._core.stage import StageStats as StageStats
+    from .cache import Cache as Cache
+    from .cache import cache as cache
+    from .cache import memoize as memoize
     from .jobs.fetch import fetch as fetch
     from .pool import Executor as Executor
     from .pool import Pool as Pool
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cache",
     "ConfigError",
     "Executor",
     "Failure",
@@ -54,10 +58,12 @@ __all__ = [
     "Timeout",
     "Unpicklable",
     "WorkerCrashed",
+    "cache",
     "cpu",
     "fetch",
     "io",
     "map",
+    "memoize",
     "thread",
     "worker_state",
 ]
@@ -76,6 +82,10 @@ _LAZY = {
     "fetch": ".jobs.fetch",  # loads the HTTP client: only when asked for
     "Executor": ".pool",
     "Pool": ".pool",
+    # spindle.cache is the package, and calling it returns the current run's cache
+    "Cache": ".cache",
+    "cache": ".cache",
+    "memoize": ".cache",
 }
 
 

@@ -54,6 +54,16 @@ class PipelineClosed(SpindleError):
     """The pipeline was stopped (by ``close()``, Ctrl-C or a failure) before the item ran."""
 
 
+class CacheError(SpindleError):
+    """The cache could not do what was asked: no server of the cache answers, or a
+    package it needs is not installed (the message says which and what to do).
+
+    Also a value the cache cannot hold (one pickle refuses, named by its key, or one
+    larger than the whole budget, with both sizes), a handle used after ``close()``,
+    or a cache's directory that is gone or damaged.
+    """
+
+
 class RemoteTraceback(Exception):
     """Carries the traceback text of an exception raised in a worker.
 

@@ -3,6 +3,7 @@
 import spindle
 
 EXPECTED = {
+    "Cache",
     "ConfigError",
     "Executor",
     "Failure",
@@ -20,10 +21,12 @@ EXPECTED = {
     "Timeout",
     "Unpicklable",
     "WorkerCrashed",
+    "cache",
     "cpu",
     "fetch",
     "io",
     "map",
+    "memoize",
     "thread",
     "worker_state",
 }

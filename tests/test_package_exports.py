@@ -1,4 +1,4 @@
-"""The public surface of spindle.journal and spindle.connectors, pinned."""
+"""The public surface of spindle.journal, spindle.connectors and spindle.cache, pinned."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import spindle.cache
 import spindle.connectors
 import spindle.journal
 
@@ -81,6 +82,30 @@ CONNECTORS = {
     "OutputError",
     "OutputExists",
     "UnwritableRecord",
+    # brokers and databases: acknowledged once durable
+    "AckSource",
+    "Message",
+    "MemoryAckSource",
+    "StreamRun",
+    "DurableLines",
+    "RedisStreamSource",
+    "RedisStreamSink",
+    "PostgresSink",
+    "is_url",
+    "open_source",
+    "open_sink",
+}
+
+
+CACHE = {
+    "Cache",
+    "CacheError",
+    "CacheStats",
+    "Installed",
+    "current",
+    "install",
+    "installed",
+    "memoize",
 }
 
 
@@ -95,6 +120,13 @@ def test_connectors_exports() -> None:
     for name in CONNECTORS:
         assert getattr(spindle.connectors, name) is not None
     assert set(spindle.connectors.FORMATS) == {"jsonl", "csv", "sqlite", "parquet"}
+
+
+def test_cache_exports() -> None:
+    assert set(spindle.cache.__all__) == CACHE
+    for name in CACHE:
+        assert getattr(spindle.cache, name) is not None
+    assert callable(spindle.cache)  # spindle.cache() is the current run's cache
 
 
 def test_importing_connectors_does_not_import_pyarrow() -> None:
