@@ -37,8 +37,15 @@ OP_REPORT = 14  # payload: pickled dict from the stage's reporter (see _reports)
 
 
 def frame(op: int, ident: int, payload: bytes = b"") -> list[bytes]:
-    """The buffers of one frame, for ``sendmsg``/``writelines`` without a copy."""
-    return [HEADER.pack(len(payload), op, ident), payload]
+    """The buffers of one frame, for ``sendmsg``/``writelines`` without a copy.
+
+    Never an empty buffer: from Python 3.12 a socket transport's ``writelines`` keeps
+    the buffers apart, and an empty one never leaves its write buffer, so the loop
+    is woken for a writable socket until the worker exits, and then the broken pipe
+    closes the transport before the worker's last frames (its results, its report)
+    are read."""
+    head = HEADER.pack(len(payload), op, ident)
+    return [head, payload] if payload else [head]
 
 
 class FrameReader:
