@@ -12,7 +12,9 @@ channel makes it wait, which is how backpressure reaches the input. How it reads
   lines at a time, the journal's claims) is put a list at a time.
 
 A tagged channel (a run ``with_inputs``) takes, beside each chunk, the inputs its items
-came from: ``None`` when the items are their own inputs.
+came from: ``None`` when the items are their own inputs. A :class:`TaggedChunk` of a
+chunked source names its inputs itself: a broker's messages, whose bodies are the items
+the jobs get and which come back beside their results.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Protocol
 from .._failure import Failure
 from .channel import Channel
 
-__all__ = ["ChunkedSource", "feed", "feed_chunks"]
+__all__ = ["ChunkedSource", "TaggedChunk", "feed", "feed_chunks"]
 
 
 class Progress(Protocol):
@@ -94,12 +96,31 @@ class ChunkedSource:
 
     __slots__ = ("chunks",)
 
-    def __init__(self, chunks: Iterable[list[Any]]) -> None:
+    def __init__(self, chunks: Iterable[list[Any] | TaggedChunk]) -> None:
         self.chunks = chunks
 
     def __iter__(self) -> Iterator[Any]:
         for chunk in self.chunks:
             yield from chunk
+
+
+class TaggedChunk:
+    """A chunk of a :class:`ChunkedSource` whose items have inputs of their own:
+    ``values`` are what the jobs get, ``tags[i]`` what ``values[i]`` came from (a
+    message, whose body is the value); a run ``with_inputs`` gives the tags beside the
+    results. The values go into the pipeline as a plain list, the tags beside them."""
+
+    __slots__ = ("tags", "values")
+
+    def __init__(self, values: list[Any], tags: list[Any]) -> None:
+        self.values = values
+        self.tags = tags
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.values)
 
 
 def feed_chunks(channel: Channel[Any], source: ChunkedSource, ex: Progress, tagged: bool) -> int:
@@ -108,7 +129,10 @@ def feed_chunks(channel: Channel[Any], source: ChunkedSource, ex: Progress, tagg
     for chunk in source.chunks:
         if not chunk:
             continue
-        put(chunk, _source_tags(chunk) if tagged else None)
+        if isinstance(chunk, TaggedChunk):
+            put(chunk.values, chunk.tags if tagged else None)
+        else:
+            put(chunk, _source_tags(chunk) if tagged else None)
         n += len(chunk)
         ex.drawn = n
         # Held no longer than the engine holds its items: a source that waits long for

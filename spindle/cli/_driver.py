@@ -3,13 +3,17 @@
 ::
 
     source ──▶ target.start(pipeline, source) ──▶ results ──(inputs, values)──▶ sink
-                 plain: a file's blocks of lines             plain: RecordWriter
+                 plain: a file's blocks of lines             plain: RecordWriter, or a
+                                                               keyed sink (PostgreSQL)
                  journaled: claimed in the journal           journaled: JournalSink
+                 stream: a broker's messages, read           stream: writes, commits, then
+                   within the bound of unacknowledged          acknowledges the messages
     signals: 1st Ctrl-C/SIGTERM stops intake and drains for --grace; 2nd stops at once
     then: the final report, the summary line, the target's own lines, the exit status
 
-A *target* is what differs between a plain run and a journaled one: how the source is fed
-to the pipeline, which sink takes the results, and what is said and decided at the end.
+A *target* is what differs between a plain run, a journaled one and a stream run: how the
+source is fed to the pipeline, which sink takes the results, and what is said and decided
+at the end.
 ``spindle map``, ``spindle fetch`` and the commands to come build a pipeline, a source and
 a target, and call :func:`drive`.
 
@@ -22,20 +26,21 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import Any, Protocol
 
 import click
 
 from .._core.pipeline import Pipeline, Results, Service
+from .._core.snapshot import RunSnapshot
 from .._core.source import ChunkedSource
 from .._errors import SpindleError
-from ..connectors import Sink, Source
+from ..connectors import AckSource, Sink, Source, StreamRun
 from ..journal import JournaledRun, JournalSink
 from ._observers import Observers, Summary
 
-__all__ = ["JournalTarget", "PlainTarget", "Signals", "Target", "drive"]
+__all__ = ["JournalTarget", "PlainTarget", "Signals", "StreamTarget", "Target", "drive"]
 
 
 class Target(Protocol):
@@ -54,6 +59,15 @@ class Target(Protocol):
     def finish(self, results: Results, sink: Sink) -> tuple[list[str], bool]:
         """Once the run and the sink are closed: lines to print, and whether any item
         counts as failed (the exit status 1)."""
+        ...
+
+    def stop_intake(self) -> None:
+        """Read no more input (Ctrl-C, or the run ends early): a target that reads its
+        source itself stops it here. Safe from a signal handler."""
+        ...
+
+    def sections(self) -> dict[str, Any]:
+        """Sections of its own to add to the run's snapshot (a stream's ``connectors``)."""
         ...
 
 
@@ -77,6 +91,12 @@ class PlainTarget:
 
     def finish(self, results: Results, sink: Sink) -> tuple[list[str], bool]:
         return [], sink.failed > 0
+
+    def stop_intake(self) -> None:
+        return None
+
+    def sections(self) -> dict[str, Any]:
+        return {}
 
 
 class JournalTarget:
@@ -106,13 +126,63 @@ class JournalTarget:
         )
         return [line], after.failed > 0
 
+    def stop_intake(self) -> None:
+        return None
+
+    def sections(self) -> dict[str, Any]:
+        return {}
+
+
+class StreamTarget:
+    """A broker's messages (an :class:`~spindle.connectors.AckSource`) into a sink that
+    commits, each chunk acknowledged once committed (:class:`~spindle.connectors.StreamRun`).
+    The run's snapshot gains a ``connectors`` section: the source's and the sink's figures."""
+
+    def __init__(self, stream: StreamRun) -> None:
+        self.stream = stream
+
+    def remaining(self, total: int | None) -> int | None:
+        return None  # a stream has no end known ahead
+
+    def start(
+        self, pipeline: Pipeline, source: Source, *, total: int | None, services: Sequence[Service]
+    ) -> tuple[Results, Sink]:
+        assert isinstance(source, AckSource) and source is self.stream.source
+        return self.stream.start(pipeline, services=[self._with_sections(s) for s in services])
+
+    def _with_sections(self, service: Service) -> Service:
+        def make(snapshot: Any) -> Any:
+            return service(lambda: _merged(snapshot(), self.sections()))
+
+        return make
+
+    def finish(self, results: Results, sink: Sink) -> tuple[list[str], bool]:
+        return self.stream.lines(), sink.failed > 0
+
+    def stop_intake(self) -> None:
+        self.stream.stop_intake()
+
+    def sections(self) -> dict[str, Any]:
+        return {"connectors": self.stream.rows()}
+
+
+def _merged(snapshot: RunSnapshot, sections: dict[str, Any]) -> RunSnapshot:
+    if not sections:
+        return snapshot
+    merged: dict[str, Any] = dict(snapshot)
+    merged.update(sections)
+    return merged  # type: ignore[return-value]
+
 
 class Signals:
     """First SIGINT/SIGTERM: stop intake and drain; second: stop at once."""
 
-    def __init__(self, results: Results, grace: float) -> None:
+    def __init__(
+        self, results: Results, grace: float, also: Callable[[], None] | None = None
+    ) -> None:
         self.results = results
         self.grace = grace
+        self.also = also
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -129,6 +199,8 @@ class Signals:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signum
+        if self.also is not None:
+            self.also()
         self.results.stop_intake(self.grace)
         echo_err(
             f"spindle: stopping: no new jobs; jobs in flight get {self.grace:g} s to finish "
@@ -154,7 +226,7 @@ def drive(
     results, sink = target.start(
         pipeline, source, total=target.remaining(source.total), services=view.services()
     )
-    signals = Signals(results, grace)
+    signals = Signals(results, grace, target.stop_intake)
     stopped_at_once = False
     error: SpindleError | None = None
     try:
@@ -164,6 +236,7 @@ def drive(
                     sink.write(inputs, values)
         finally:
             try:
+                target.stop_intake()  # a source thread waiting for room must not wait on
                 results.close()  # stops the workers and joins the source thread
             finally:
                 sink.close()  # flushes, or records and makes the journal's last commit
@@ -174,7 +247,7 @@ def drive(
     summary.done = sink.written + sink.failed
     summary.failed = sink.failed
     summary.not_started = results.not_started
-    view.finish(results.snapshot())
+    view.finish(_merged(results.snapshot(), target.sections()))
     if error is not None:
         echo_err(f"spindle: {error}")
         return 2

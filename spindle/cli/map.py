@@ -1,4 +1,13 @@
-"""``spindle map MODULE:FUNC INPUT -o OUTPUT``: a function applied to every line of a file."""
+"""``spindle map MODULE:FUNC INPUT -o OUTPUT``: a function applied to every line of a file,
+or to every message of a broker's stream.
+
+INPUT is a file (or ``-``) or a broker's URL (``redis://...?stream=S&group=G``); OUTPUT a
+file (or ``-``) or a URL (``redis://...?stream=S``, ``postgresql://...?table=T``)::
+
+    file   ──▶ file                 PlainTarget (RecordWriter), or JournalTarget (--journal)
+    file   ──▶ database, stream     PlainTarget with a keyed sink (each key once)
+    broker ──▶ anything             StreamTarget: acknowledged once committed in the sink
+"""
 
 from __future__ import annotations
 
@@ -11,10 +20,20 @@ import click
 from .._api import Pipeline
 from .._errors import ConfigError
 from .._loading import load_function
-from ..connectors import RecordWriter, read_items
+from ..connectors import (
+    DurableLines,
+    RecordWriter,
+    Sink,
+    Source,
+    StreamRun,
+    is_url,
+    open_sink,
+    open_source,
+    read_items,
+)
 from ..executors._batch import is_generator_fn
 from ..journal import JournaledRun, KeyFunction, field_key, keys_for
-from ._driver import JournalTarget, PlainTarget, Target
+from ._driver import JournalTarget, PlainTarget, StreamTarget, Target
 from ._options import (
     RunOptions,
     StageChoice,
@@ -36,46 +55,110 @@ from ._options import (
     "--format",
     "fmt",
     type=click.Choice(["text", "jsonl"]),
-    default="text",
-    show_default=True,
-    help="text: each line is a string; jsonl: each line is JSON.",
+    default=None,
+    help="text: each line (or message) is a string; jsonl: each is JSON "
+    "[text for files, jsonl for brokers].",
 )
 @run_options
 @click.option(
     "--key",
     metavar="FIELD",
-    help="With --journal and --format jsonl: items are identified by this field "
-    "[a hash of the whole input].",
+    help="Identify items by this field of each JSON input (with --journal, or a database "
+    "or broker) [a hash of the whole input; a message's id].",
+)
+@click.option(
+    "--drain",
+    is_flag=True,
+    help="With a broker INPUT: stop once it is empty and every result is durable and "
+    "acknowledged [run until Ctrl-C].",
 )
 def map_command(
     function: str,
     input_path: str,
     stage: StageChoice,
     ordered: bool,
-    fmt: str,
+    fmt: str | None,
     run: RunOptions,
     key: str | None,
+    drain: bool,
 ) -> None:
-    """Apply MODULE:FUNC to every line of INPUT (a file, or - for stdin).
+    """Apply MODULE:FUNC to every line of INPUT (a file, or - for stdin), or to every
+    message of a broker's stream (INPUT a redis:// URL).
 
     MODULE is a module name or a path to a .py file. Each output line is a JSON
     object {"input": ..., "result": ...}; failures go to OUTPUT.failures.jsonl and
-    make the exit status 1. The first Ctrl-C (or SIGTERM) stops reading input and
-    lets jobs in flight finish for --grace seconds; a second one stops at once.
+    make the exit status 1. OUTPUT may also be a redis:// or postgresql:// URL.
+    The first Ctrl-C (or SIGTERM) stops reading input and lets jobs in flight finish
+    for --grace seconds; a second one stops at once.
     """
+    streams = is_url(input_path) or is_url(run.output)
+    fmt = fmt or ("jsonl" if is_url(input_path) else "text")
     with usage_errors():
-        run.check_journal(**{"--key": key is not None})
+        if drain and not is_url(input_path):
+            raise ConfigError("--drain applies to a broker INPUT (a redis:// URL), not a file")
+        if not streams:
+            run.check_journal(**{"--key": key is not None})
         fn = load_function(function)
         pipeline = Pipeline([stage.make(fn)], ordered=ordered, on_error="yield")
-        source = read_items(input_path, fmt)
+        source: Source
         target: Target
-        if run.journal is None:
-            target = PlainTarget(RecordWriter(run.output))
+        if streams:
+            source, target = open_streams(run, fn, function, input_path, fmt, key, drain)
         else:
-            target = open_map_journal(
-                run, fn=fn, spec=function, input_path=input_path, fmt=fmt, key=key
-            )
+            source = read_items(input_path, fmt)
+            if run.journal is None:
+                target = PlainTarget(RecordWriter(run.output))
+            else:
+                target = open_map_journal(
+                    run, fn=fn, spec=function, input_path=input_path, fmt=fmt, key=key
+                )
     run.run(pipeline, source, target)
+
+
+def open_streams(
+    run: RunOptions,
+    fn: Callable[..., Any],
+    spec: str,
+    input_path: str,
+    fmt: str,
+    key: str | None,
+    drain: bool,
+) -> tuple[Source, Target]:
+    """The source and the target of a run with a broker or a database on either side.
+
+    A broker's messages go through a :class:`StreamTarget`: acknowledged once their
+    results are committed in the sink (a database, a stream, or a file synced at each
+    commit). A file into a database or a stream is a plain run whose sink keys each
+    record. Raises ``SpindleError`` (the command exits with status 2) on any problem.
+    """
+    if run.journal is not None:
+        raise ConfigError(
+            "--journal records runs over files; with a broker or a database the sink's "
+            "own keys make each record once, and a broker redelivers what was not "
+            "acknowledged: leave out --journal"
+        )
+    run.check_journal()
+    if is_generator_fn(fn) or inspect.isasyncgenfunction(fn):
+        raise ConfigError(
+            f"{spec} is a generator function (several results per input), but a broker's "
+            "message or a database's key takes one result: return a list instead"
+        )
+    if key is not None and fmt != "jsonl":
+        raise ConfigError(f"--key {key} takes a field of each JSON input: add --format jsonl")
+    if not is_url(input_path):
+        sink = open_sink(run.output, key=key)
+        try:
+            return read_items(input_path, fmt), PlainTarget(sink)
+        except BaseException:
+            sink.close()
+            raise
+    source = open_source(input_path, fmt=fmt, key=key, drain=drain)
+    try:
+        out: Sink = open_sink(run.output) if is_url(run.output) else DurableLines(run.output)
+    except BaseException:
+        source.close()
+        raise
+    return source, StreamTarget(StreamRun(source, out))
 
 
 def map_fingerprint(

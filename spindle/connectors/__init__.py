@@ -20,11 +20,22 @@ How a committed output survives a crash (details in ``docs/journal.md`` and each
   output back to it: a torn last line, or records whose items were not marked done, go,
   and those items run again. Each distinct key therefore ends up exactly once.
 
+Brokers and databases (``docs/architecture.md``, "Streams: brokers and databases"): an
+:class:`AckSource` gives :class:`Message` objects that a :class:`StreamRun` acknowledges
+only once their results are durable in the sink. Redis Streams (:class:`RedisStreamSource`,
+:class:`RedisStreamSink`; ``spindle[redis]``) and PostgreSQL (:class:`PostgresSink`,
+``spindle[postgres]``), opened from URLs with :func:`open_source` and :func:`open_sink`;
+the in-memory fake is :class:`MemoryAckSource`; a file takes a stream's results through
+:class:`DurableLines`. The clients are imported only when a connector is opened.
+
 Every error here derives from :class:`OutputError` or :class:`InputError`.
 """
 
+from ._base import AckSource as AckSource
+from ._base import Message as Message
 from ._base import Sink as Sink
 from ._base import Source as Source
+from ._durable import DurableLines as DurableLines
 from ._errors import InputError as InputError
 from ._errors import OutputCorrupt as OutputCorrupt
 from ._errors import OutputError as OutputError
@@ -45,9 +56,17 @@ from ._lines import Lines as Lines
 from ._lines import read_items as read_items
 from ._memory import MemorySink as MemorySink
 from ._memory import MemorySource as MemorySource
+from ._memory_ack import MemoryAckSource as MemoryAckSource
+from ._open import open_sink as open_sink
+from ._open import open_source as open_source
 from ._output import Output as Output
 from ._parquet import ParquetOutput as ParquetOutput
+from ._postgres import PostgresSink as PostgresSink
+from ._redis import RedisStreamSink as RedisStreamSink
+from ._redis import RedisStreamSource as RedisStreamSource
 from ._sqlite import SqliteOutput as SqliteOutput
+from ._stream import StreamRun as StreamRun
+from ._urls import is_url as is_url
 from ._writer import WRITTEN as WRITTEN
 from ._writer import AppendLines as AppendLines
 from ._writer import RecordWriter as RecordWriter
@@ -56,31 +75,42 @@ from ._writer import WriteFailed as WriteFailed
 __all__ = [
     "FORMATS",
     "WRITTEN",
+    "AckSource",
     "AppendFileOutput",
     "AppendLines",
     "CsvOutput",
+    "DurableLines",
     "FailuresOutput",
     "InputError",
     "Items",
     "JsonLine",
     "JsonlOutput",
     "Lines",
+    "MemoryAckSource",
     "MemorySink",
     "MemorySource",
+    "Message",
     "Output",
     "OutputCorrupt",
     "OutputError",
     "OutputExists",
     "ParquetOutput",
+    "PostgresSink",
     "RecordWriter",
+    "RedisStreamSink",
+    "RedisStreamSource",
     "Sink",
     "Source",
     "SqliteOutput",
+    "StreamRun",
     "UnwritableRecord",
     "WriteFailed",
     "encode_line",
     "format_for",
+    "is_url",
     "json_default",
     "open_output",
+    "open_sink",
+    "open_source",
     "read_items",
 ]
