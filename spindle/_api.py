@@ -33,6 +33,17 @@ Every stage constructor and :func:`map` take the same options (``StageOptions``)
 - ``sections``: keys of the merged report holding lists of rows that belong to the
   whole run (a fetch stage's ``hosts``): the run's snapshot gathers each such key's
   rows over every stage under the same key.
+- ``cache``: a :class:`spindle.Cache`, or a size (``"256MB"``) for a new one in shared
+  memory: every worker of the stage, in every process, reaches the same cache with
+  ``spindle.cache()``, and ``@spindle.memoize`` functions called in a job use it, so
+  a key is computed once for the run rather than once per process.
+- ``backend``: ``"local"`` (the default) or ``"ray"``: the stage's batches run on
+  long-lived Ray actors (cpu and io stages; one actor per CPU of the cluster unless
+  ``workers`` says), with the same results, failures, retries and timeouts. Needs
+  ``pip install 'spindle[ray]'``.
+- ``ray_address``: the Ray cluster to join (``"auto"``, ``"HOST:PORT"``,
+  ``"ray://HOST:10001"``); by default the Ray this program is connected to, else a
+  local Ray started for the run and shut down at its end.
 """
 
 from __future__ import annotations
@@ -113,11 +124,17 @@ class Pipeline(_engine.Pipeline):
 
 
 def io(
-    fn: Callable[[Any], Any], *, concurrency: int | None = None, **options: Unpack[StageOptions]
+    fn: Callable[[Any], Any],
+    *,
+    concurrency: int | None = None,
+    workers: int | None = None,
+    **options: Unpack[StageOptions],
 ) -> Stage:
     """A stage running an ``async def`` function on the pipeline's event loop, up to
-    ``concurrency`` calls at once (default 100)."""
-    return make_stage(fn, "io", concurrency=concurrency, **options)
+    ``concurrency`` calls at once (default 100). With ``backend="ray"`` it runs on
+    ``workers`` async Ray actors (default: one per CPU of the cluster), each with up to
+    ``concurrency`` calls in flight."""
+    return make_stage(fn, "io", concurrency=concurrency, workers=workers, **options)
 
 
 def thread(

@@ -8,16 +8,20 @@ many times.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
 from .._errors import ConfigError
 from ..executors._batch import is_async_fn, is_generator_fn
 from ..executors.base import Executor, ExecutorFactory
 from ..executors.spec import WorkSpec
 from ..policies.retry import RetryPolicy
+
+if TYPE_CHECKING:  # spindle.cache (and LMDB) load only for a stage that has a cache
+    from ..cache import Cache
 
 Kind = Literal["io", "thread", "cpu"]
 KINDS: tuple[str, ...] = ("io", "thread", "cpu")
@@ -66,6 +70,9 @@ class StageOptions(TypedDict, total=False):
     reporter: Callable[[Any], dict[str, Any]] | None
     merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None
     sections: tuple[str, ...]
+    backend: str
+    ray_address: str | None
+    cache: Any
 
 
 @dataclass(slots=True)
@@ -153,6 +160,12 @@ class Stage:
     #: Keys of the merged report whose rows also go into the run's snapshot, under the
     #: same key, gathered over the stages (see :mod:`spindle._core.snapshot`).
     sections: tuple[str, ...] = ()
+    #: Where the stage runs: ``"local"``, or ``"ray"`` (actors of a Ray cluster, at
+    #: ``ray_address``; ``workers`` 0 there means one per CPU of the cluster).
+    backend: str = "local"
+    ray_address: str | None = None
+    #: The cache every worker of the stage reaches with ``spindle.cache()``.
+    cache: Cache | None = None
     #: The stage's current or most recent run (see :meth:`stats`).
     _last_run: _LastRun = field(
         default_factory=_LastRun, init=False, repr=False, compare=False, hash=False
@@ -194,6 +207,11 @@ class Stage:
     @property
     def capacity(self) -> int:
         """How many batches the stage may have in flight at once."""
+        if self.backend == "ray":
+            from ..executors.ray import estimated_workers
+
+            workers = self.workers or estimated_workers()  # 0: one actor per CPU
+            return workers * (self.concurrency if self.is_async else 2)
         if self.kind == "io":
             return self.concurrency
         if self.kind == "thread":
@@ -239,7 +257,20 @@ class Stage:
             route=self.route,
             reporter=self.reporter,
             merge_reports=self.merge_reports,
+            backend=self.backend,
+            ray_address=self.ray_address,
+            setup=self._setup(),
         )
+
+    def _setup(self) -> Callable[[], Any] | None:
+        """What each worker runs first: installing the stage's cache, so that
+        ``spindle.cache()`` gives it there (a reference to ``spindle.cache.install``:
+        a spawned worker loads that package, not the engine)."""
+        if self.cache is None:
+            return None
+        from ..cache import install
+
+        return functools.partial(install, self.cache)
 
     def make_executor(self) -> Executor:
         """A new executor for one run of this stage, of the stage's kind."""
@@ -252,6 +283,10 @@ class Stage:
         from ..executors.processes import ProcessExecutor
         from ..executors.threads import ThreadExecutor
 
+        if self.backend == "ray":
+            from ..executors.ray import RayExecutor
+
+            return RayExecutor(spec)
         if self.kind == "io":
             return LoopExecutor(spec)
         if self.kind == "thread":
@@ -330,6 +365,9 @@ def make_stage(
     reporter: Callable[[Any], dict[str, Any]] | None = None,
     merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     sections: tuple[str, ...] = (),
+    backend: str = "local",
+    ray_address: str | None = None,
+    cache: Cache | int | str | None = None,
 ) -> Stage:
     """Validate arguments and fill in defaults; errors say what to use instead."""
     if kind not in KINDS:
@@ -382,7 +420,11 @@ def make_stage(
         raise ConfigError("route= takes a function of the item and applies to kind='cpu' only")
     if route is not None and not asynchronous and batch_size is None:
         batch_size = 1  # routing is per item: a batch would mix keys
-    if kind == "io":
+    _check_backend(kind, label, backend, ray_address)
+    if backend == "ray":  # actors, each with its own loop for async functions
+        w = workers or 0  # 0: one per CPU of the cluster, counted when the run starts
+        c = concurrency or (DEFAULT_CONCURRENCY if asynchronous else 1)
+    elif kind == "io":
         w, c = 1, concurrency or DEFAULT_CONCURRENCY
     elif kind == "thread":
         w, c = workers or concurrency or min(32, cpu_count() + 4), 1
@@ -407,4 +449,57 @@ def make_stage(
         reporter,
         merge_reports,
         tuple(sections),
+        backend,
+        ray_address,
+        _cache_of(cache),
     )
+
+
+def _cache_of(cache: Cache | int | str | None) -> Cache | None:
+    """A stage's ``cache=``: a :class:`~spindle.Cache`, or a size (``"256MB"``, bytes)
+    for a new one, in shared memory, removed once the stage is let go of."""
+    if cache is None:
+        return None
+    from ..cache import Cache
+
+    if isinstance(cache, Cache):
+        return cache
+    if isinstance(cache, bool) or not isinstance(cache, (int, str)):
+        raise ConfigError(
+            f"cache= takes a spindle.Cache or a size such as '256MB', not {cache!r}"
+        )
+    return Cache(cache)
+
+
+BACKENDS: tuple[str, ...] = ("local", "ray")
+
+
+def on_backend(stage: Stage, backend: str, ray_address: str | None = None) -> Stage:
+    """``stage`` moved to ``backend`` (its worker count kept): for commands that make
+    their stages themselves (``spindle fetch``) and take ``--backend``."""
+    _check_backend(stage.kind, stage.name, backend, ray_address)
+    if (stage.backend, stage.ray_address) == (backend, ray_address):
+        return stage
+    return dataclasses.replace(stage, backend=backend, ray_address=ray_address)
+
+
+def _check_backend(kind: str, label: str, backend: str, ray_address: str | None) -> None:
+    """``backend`` and ``ray_address`` make sense together, for this kind, with Ray
+    installed (looked for, not imported: Ray loads only when a run starts)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be 'local' or 'ray', not {backend!r}")
+    if backend == "local":
+        if ray_address is not None:
+            raise ConfigError("ray_address names the Ray cluster of backend='ray': add it")
+        return
+    if kind == "thread":
+        raise ConfigError(
+            f"backend='ray' runs stages on Ray actors, but {label!r} is a thread stage, which "
+            "runs in this process: use kind='cpu' for a blocking function on Ray"
+        )
+    from ..executors.ray import INSTALL_HINT, ray_installed
+
+    if not ray_installed():
+        raise ConfigError(
+            f"backend='ray' runs stages on a Ray cluster, but Ray is not installed: {INSTALL_HINT}"
+        )

@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from .._core.pipeline import Pipeline
-from .._core.stage import KINDS, Stage, make_stage, parse_bytes
+from .._core.stage import BACKENDS, KINDS, Stage, make_stage, on_backend, parse_bytes
 from .._errors import SpindleError
 from ..connectors import Source
 from ..journal import SqliteJournal, open_journal
@@ -45,7 +45,10 @@ def option(
 
 _OPTIONS = [
     click.option(
-        "-o", "--output", required=True, help="Output file (JSON lines), or - for stdout."
+        "-o",
+        "--output",
+        required=True,
+        help="Output file (JSON lines), - for stdout, or a redis:// or postgresql:// URL.",
     ),
     option(
         "--grace",
@@ -168,6 +171,36 @@ class RunOptions:
         sys.exit(code)
 
 
+_BACKEND_OPTIONS = [
+    option(
+        "--backend",
+        click.Choice(BACKENDS),
+        "local",
+        "local: this machine; ray: actors of a Ray cluster (pip install 'spindle[ray]').",
+    ),
+    option(
+        "--ray-address",
+        metavar="ADDR",
+        help="With --backend ray: the cluster to join (auto, HOST:PORT, ray://HOST:PORT) "
+        "[a local Ray started for the run].",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Where the stages run, as ``--backend`` and ``--ray-address`` said."""
+
+    backend: str
+    ray_address: str | None
+
+    def apply(self, stages: list[Stage]) -> list[Stage]:
+        """``stages`` moved to the chosen backend; a ``SpindleError`` says what is wrong."""
+        if self.ray_address is not None and self.backend != "ray":
+            raise UsageProblem("--ray-address names the cluster of --backend ray: add it")
+        return [on_backend(s, self.backend, self.ray_address) for s in stages]
+
+
 _STAGE_OPTIONS = [
     option(
         "--kind",
@@ -207,6 +240,7 @@ _STAGE_OPTIONS = [
         metavar="SIZE",
         help="Replace a worker process whose memory exceeds SIZE, e.g. 512MB (cpu).",
     ),
+    *_BACKEND_OPTIONS,
 ]
 
 
@@ -222,9 +256,13 @@ class StageChoice:
     retries: int
     max_jobs_per_worker: int | None
     max_memory_per_worker: str | None
+    backend: str
+    ray_address: str | None
 
     def make(self, fn: Callable[[Any], Any]) -> Stage:
         """The stage running ``fn``; a ``SpindleError`` says what is wrong."""
+        if self.ray_address is not None and self.backend != "ray":
+            raise UsageProblem("--ray-address names the cluster of --backend ray: add it")
         return make_stage(
             fn,
             self.kind,
@@ -235,6 +273,8 @@ class StageChoice:
             retries=self.retries,
             max_jobs_per_worker=self.max_jobs_per_worker,
             max_memory_per_worker=parse_bytes(self.max_memory_per_worker),
+            backend=self.backend,
+            ray_address=self.ray_address,
         )
 
 
@@ -262,6 +302,9 @@ run_options = _bundle(_OPTIONS, RunOptions, "run")
 #: Adds the options that say how the user's function runs (kind, workers, timeout...);
 #: the command gets them as ``stage``, one :class:`StageChoice`.
 stage_options = _bundle(_STAGE_OPTIONS, StageChoice, "stage")
+#: Adds ``--backend`` and ``--ray-address`` alone (for commands that make their own
+#: stages); the command gets them as ``backend``, one :class:`BackendChoice`.
+backend_options = _bundle(_BACKEND_OPTIONS, BackendChoice, "backend")
 
 
 @contextlib.contextmanager

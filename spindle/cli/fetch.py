@@ -21,7 +21,15 @@ from ..jobs.fetch._options import DEFAULT_USER_AGENT, FetchOptions
 from ..jobs.fetch._run import FETCH_SHAPE, FetchWriter, UrlSource, fetch_stages
 from ..journal import JournaledRun, keys_for
 from ._driver import JournalTarget, PlainTarget, Target
-from ._options import RunOptions, input_identity, option, run_options, usage_errors
+from ._options import (
+    BackendChoice,
+    RunOptions,
+    backend_options,
+    input_identity,
+    option,
+    run_options,
+    usage_errors,
+)
 
 _DEFAULTS = FetchOptions()
 
@@ -87,6 +95,7 @@ _DEFAULTS = FetchOptions()
     help="Processes that fetch (and that parse) [cores]; a host stays on one process.",
 )
 @option("--user-agent", default=DEFAULT_USER_AGENT, help="User-Agent header, for robots.txt too.")
+@backend_options
 @run_options
 def fetch_command(
     urls_path: str,
@@ -102,6 +111,7 @@ def fetch_command(
     max_bytes: str,
     workers: int | None,
     user_agent: str,
+    backend: BackendChoice,
     run: RunOptions,
 ) -> None:
     """Fetch every URL listed in URLS (a file, or - for stdin), one per line.
@@ -141,7 +151,8 @@ def fetch_command(
         # Without a journal the output is JSON lines written as they come: the fetch
         # workers encode the records and, into a regular file, append them too.
         append_to = None
-        if run.journal is None and _regular_file(run.output):
+        # On Ray the workers may be on other machines: records come back to this one.
+        if run.journal is None and backend.backend == "local" and _regular_file(run.output):
             append_to = os.path.abspath(run.output)
         stages = fetch_stages(
             options,
@@ -151,6 +162,7 @@ def fetch_command(
             lines=run.journal is None,
             append_to=append_to,
         )
+        stages = backend.apply(stages)
         source = UrlSource(read_items(urls_path, "text"))
         target: Target
         if run.journal is None:

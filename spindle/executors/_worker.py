@@ -62,6 +62,8 @@ class WorkerConfig:
     stage: str
     timeout: float | None = None
     init: Callable[[], Any] | None = None
+    #: The stage's ``setup`` (see :class:`~spindle.executors.spec.WorkSpec`).
+    setup: Callable[[], Any] | None = None
     #: ``max_memory_per_worker``: the worker reports its own memory after each batch.
     memory_limit: int | None = None
     reporter: ReporterFn | None = None
@@ -364,6 +366,12 @@ def _prepare_process() -> None:
 
 def serve(sock: socket.socket, config: WorkerConfig, progress: mmap.mmap | None) -> None:
     """Run the worker loop on ``sock`` until STOP or until the parent goes away."""
+    if config.setup is not None:
+        try:
+            config.setup()
+        except Exception as exc:  # reported as init's failure: the worker cannot start
+            _Sender(sock).send(_wire.OP_FATAL, 0, pickle.dumps(("init", *encode_error(exc)[:3])))
+            return
     if config.is_async:
         from ._eventloop import new_event_loop
 

@@ -47,6 +47,8 @@ class LoopExecutor(Executor):
             self.reports = ReportBook(spec.name, spec.merge_reports)
 
     async def start(self) -> None:
+        if self.spec.setup is not None:
+            self.spec.setup()
         if self._scope is None:
             return
         try:

@@ -106,6 +106,7 @@ class ProcessExecutor(Executor):
             stage=spec.name,
             timeout=self.timeout,
             init=spec.init,
+            setup=spec.setup,
             memory_limit=spec.max_memory_per_worker,
             reporter=spec.reporter,
         )

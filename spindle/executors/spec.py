@@ -47,6 +47,10 @@ class WorkSpec:
     timeout: float | None = None
     #: Called once in each worker; what it returns is the worker's state.
     init: Callable[[], Any] | None = None
+    #: Called once in each worker process, or once in the parent for thread and io
+    #: stages, before ``init``: installs what every job of the run reaches (the run's
+    #: cache, for ``spindle.cache()``).
+    setup: Callable[[], Any] | None = None
     #: Items after which a worker process is replaced.
     max_jobs_per_worker: int | None = None
     #: Bytes of a worker process's own memory after which it is replaced.
@@ -57,3 +61,9 @@ class WorkSpec:
     reporter: ReporterFn | None = None
     #: Merges the reports of every worker into one.
     merge_reports: MergeFn | None = None
+    #: ``"local"`` (this machine) or ``"ray"`` (actors of a Ray cluster; ``workers`` 0:
+    #: one per CPU of the cluster).
+    backend: str = "local"
+    #: The Ray cluster to join (``"auto"``, ``"HOST:PORT"``, ``"ray://..."``); None: the
+    #: Ray this process is connected to, or a local one started for the run.
+    ray_address: str | None = None

@@ -65,6 +65,8 @@ class ThreadExecutor(Executor):
         return self.reports.merged() if self.reports is not None else None
 
     async def start(self) -> None:
+        if self.spec.setup is not None:  # once: the threads share this process
+            self.spec.setup()
         loop = asyncio.get_running_loop()
         starts = [self._add_thread(loop) for _ in range(self.workers)]
         await asyncio.gather(*starts)
