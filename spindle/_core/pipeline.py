@@ -307,6 +307,9 @@ class _Execution:
         # A stage's report may carry rows of a section of the whole run (a fetch
         # stage's "hosts"): the run's section gathers those of every stage.
         gathered: dict[str, Any] = snap  # type: ignore[assignment]
+        caches = cache_rows(self.runners)
+        if caches:
+            gathered["caches"] = caches
         for stage, runner in zip(stages, self.runners, strict=True):
             report = stage.get("report")
             if report is None:
@@ -538,6 +541,51 @@ class _Execution:
                 ch.close()
             if self.source_thread is not None:
                 self.source_thread.join(_SOURCE_JOIN)
+
+
+def cache_rows(runners: Iterable[StageRunner]) -> list[dict[str, Any]]:
+    """The run's ``caches`` section: a row per cache its stages use, from the cache's
+    own counters (those of every process of the machine), and the time one read of
+    its shared memory takes here now (``get_us``: each snapshot reads one key, which
+    counts nowhere)."""
+    stages_of: dict[int, tuple[Any, list[str]]] = {}
+    for r in runners:
+        cache = r.stage.cache
+        if cache is not None:
+            stages_of.setdefault(id(cache), (cache, []))[1].append(r.stage.name)
+    rows = []
+    for cache, names in stages_of.values():
+        try:
+            get_us = cache.probe() * 1e6
+            stats = cache.stats()
+        except Exception:  # closed, or its directory gone: the row says nothing
+            continue
+        row: dict[str, Any] = {
+            "path": stats.path,
+            "stages": ", ".join(names),
+            "hits": stats.hits,
+            "misses": stats.misses,
+            "hit_rate": stats.hit_rate,
+            "sets": stats.sets,
+            "evictions": stats.evictions,
+            "expired": stats.expired,
+            "entries": stats.entries,
+            "bytes_used": stats.bytes_used,
+            "max_bytes": stats.max_bytes,
+            "get_us": round(get_us, 2),
+        }
+        if stats.ring is not None:
+            nodes = stats.ring.get("nodes", {})
+            row["ring_members"] = len(nodes)
+            row["ring_down"] = sum(not n.get("up") for n in nodes.values())
+            medians = [
+                n["latency_us"]["median"]
+                for n in nodes.values()
+                if n.get("latency_us", {}).get("median") is not None
+            ]
+            row["ring_get_us"] = max(medians) if medians else None
+        rows.append(row)
+    return rows
 
 
 def _tagged_chunks(out: Channel[Any]) -> Iterator[tuple[list[Any], list[Any]]]:

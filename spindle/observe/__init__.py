@@ -6,11 +6,14 @@ Everything here reads the engine's plain-data snapshot (``snapshot() -> dict``, 
     snapshot() ─┬─▶ LiveDisplay          progress on the terminal (or a log line)
                 ├─▶ render_text/to_json  the final report (and --stats-json)
                 ├─▶ serve_metrics        Prometheus text format over HTTP
-                ├─▶ serve_dashboard      a live page with charts, workers, hosts, failures
+                ├─▶ serve_dashboard      a live page: charts, workers, failures, and the
+                │                        run's hosts, caches and connectors
                 └─▶ Timeline ─▶ plot_timeline   charts of the run in a file
 
     stage runner ──record_n(mean, n) per batch──▶ LatencyHistogram ──▶ stage latency
     workers ──reporter(state), about once a second──▶ merge_reports ──▶ stage report, hosts
+    stages' caches ──Cache.stats() at each snapshot──▶ caches
+    a stream run's source and sink ──StreamRun.rows()──▶ connectors
 
 The servers and the plot need optional packages (aiohttp, prometheus_client,
 matplotlib); their names are imported on first use, so ``import spindle.observe``
@@ -29,10 +32,14 @@ from .._core.histogram import LatencySnapshot as LatencySnapshot
 from ._errors import BindError as BindError
 from ._errors import MissingExtra as MissingExtra
 from ._errors import TokenRequired as TokenRequired
+from ._snapshot import CacheSnapshot as CacheSnapshot
+from ._snapshot import ConnectorSnapshot as ConnectorSnapshot
 from ._snapshot import FailureSnapshot as FailureSnapshot
 from ._snapshot import HostSnapshot as HostSnapshot
+from ._snapshot import SinkSnapshot as SinkSnapshot
 from ._snapshot import Snapshot as Snapshot
 from ._snapshot import SnapshotFn as SnapshotFn
+from ._snapshot import SourceSnapshot as SourceSnapshot
 from ._snapshot import StageSnapshot as StageSnapshot
 from ._snapshot import WorkerSnapshot as WorkerSnapshot
 from ._snapshot import normalize as normalize
@@ -58,6 +65,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BindError",
+    "CacheSnapshot",
+    "ConnectorSnapshot",
     "FailureGroup",
     "FailureSnapshot",
     "HistogramDict",
@@ -69,9 +78,11 @@ __all__ = [
     "MissingExtra",
     "RateWindow",
     "Report",
+    "SinkSnapshot",
     "Snapshot",
     "SnapshotCollector",
     "SnapshotFn",
+    "SourceSnapshot",
     "StagePoint",
     "StageSnapshot",
     "Timeline",

@@ -27,6 +27,7 @@ __all__ = [
     "MISSING",
     "Reader",
     "Table",
+    "float_or_none",
     "int_or_none",
     "maps",
     "text",
@@ -65,6 +66,13 @@ def to_float(value: object) -> float:
 def int_or_none(value: object) -> int | None:
     """An int (not a bool) as it is; None from anything else."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def float_or_none(value: object) -> float | None:
+    """A float from a finite int or float (not a bool); None from anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def text(default: str = "") -> Callable[[object], str]:
@@ -121,6 +129,11 @@ class Table(Generic[T]):
         if defaults:
             src = {**defaults, **src}
         return self._read(src)
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """The keys the table reads (its ``optional`` fields are not among them)."""
+        return frozenset(self._fields)
 
     def rows(self, value: object) -> list[T]:
         """A record from each mapping in a list (see :func:`maps`)."""

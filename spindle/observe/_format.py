@@ -1,10 +1,11 @@
-"""How numbers read in the display, the report and the log lines."""
+"""How numbers read in the display, the report and the log lines, and how a report's
+tables line up."""
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["count", "duration", "latency", "rate"]
+__all__ = ["count", "duration", "latency", "percent", "rate", "size", "table"]
 
 
 def count(n: float) -> str:
@@ -21,6 +22,25 @@ def rate(per_second: float) -> str:
     if per_second >= 100:
         return f"{per_second:,.0f}"
     return f"{per_second:.3g}"
+
+
+def size(n: float) -> str:
+    """Bytes in SI units, three significant digits, as a cache's size is written:
+    ``950 B``, ``1.58 KB``, ``16 MB``."""
+    if not math.isfinite(n) or n <= 0:
+        return "0 B"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 999.5:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:,.3g} TB" if n < 999.5 else f"{n:,.0f} TB"
+
+
+def percent(fraction: float) -> str:
+    """A fraction of 1 as a percentage: ``49.8%``."""
+    if not math.isfinite(fraction):
+        return "-"
+    return f"{100.0 * fraction:.1f}%"
 
 
 def latency(seconds: float) -> str:
@@ -46,3 +66,17 @@ def duration(seconds: float) -> str:
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def table(rows: list[list[str]], right: set[int]) -> list[str]:
+    """``rows`` (the first one a header) as lines of aligned columns, indented by two
+    spaces; the columns numbered in ``right`` are aligned right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines

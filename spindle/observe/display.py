@@ -12,8 +12,10 @@ either by the caller or, inside ``async with``, by a task it owns and awaits on 
 
 On a terminal each tick redraws one line per stage (done, failed, in flight, queued,
 items/s now and overall, p50/p95/p99, and a bar with an ETA when the input size is
-known). When stderr is not a terminal (a log file, CI) it prints one compact line every
-``log_every`` seconds of the run instead. rich's own refresh thread is not used.
+known), then a line for each cache of the run's stages and one for a stream run's
+source and sink. When stderr is not a terminal (a log file, CI) it prints one compact
+line every ``log_every`` seconds of the run instead. rich's own refresh thread is not
+used.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from rich.text import Text
 
 from .._errors import ConfigError
 from . import _format as fmt
+from ._sections import cache_summary, stream_summary
 from ._snapshot import Snapshot, SnapshotFn, normalize
 from .rates import RateWindow
 
@@ -239,10 +242,11 @@ class LiveDisplay:
                 fmt.latency(lat["p99"]),
             ]
             table.add_row(*cells)
-        return Group(head, table)
+        return Group(head, table, *(Text(line, style="dim") for line in _section_lines(snap)))
 
     def log_line(self, snap: Snapshot) -> str:
-        """One compact line for logs: every stage's counters, rate and p95."""
+        """One compact line for logs: every stage's counters, rate and p95, then the
+        caches and a stream's source and sink."""
         parts = [f"spindle {snap['status']} {fmt.duration(snap['elapsed'])}"]
         total = snap["total"]
         for stage in snap["stages"]:
@@ -256,7 +260,17 @@ class LiveDisplay:
                 f"p95 {fmt.latency(stage['latency']['p95'])}"
                 + (f", {100.0 * processed / total:.0f}%" if total else "")
             )
+        parts += _section_lines(snap)
         return " | ".join(parts)
 
     def __repr__(self) -> str:
         return f"LiveDisplay(mode={self.mode!r}, started={self._started})"
+
+
+def _section_lines(snap: Snapshot) -> list[str]:
+    """A line for each cache, and one for a stream's source and sink."""
+    lines = [cache_summary(c) for c in snap.get("caches", [])]
+    connectors = snap.get("connectors")
+    if connectors:
+        lines.append(stream_summary(connectors))
+    return lines

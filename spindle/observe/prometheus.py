@@ -18,13 +18,27 @@ Metrics (``stage`` label on the per-stage ones; latencies in seconds)::
     spindle_workers{stage, state}          how many workers are in each state
     spindle_host_requests_total{host}, spindle_host_errors_total{host},
     spindle_host_latency_mean_seconds{host}, spindle_host_limit{host}   (fetch runs)
+
+    A run whose stages have a cache (``cache`` label: its path; the counts are the
+    cache's own, over every process that used it, since it was made):
+    spindle_cache_hits_total, _misses_total, _sets_total, _evictions_total, _expired_total
+    spindle_cache_entries, spindle_cache_used_bytes, spindle_cache_max_bytes,
+    spindle_cache_hit_ratio, spindle_cache_get_seconds (one local get, timed at the scrape)
+    spindle_cache_ring_members, _ring_down, _ring_get_seconds   (a cache with a Redis ring)
+
+    A stream run (``source`` and ``sink`` labels: their names):
+    spindle_source_read_total, _redelivered_total, _acked_total, _intake_waits_total
+    spindle_source_unacked, _peak_unacked, _max_unacked, spindle_source_lag (when known)
+    spindle_sink_written_total, _failed_total, _commits_total
+    spindle_sink_commit_seconds{quantile}, _count, _sum; spindle_sink_commit_max_seconds
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any, NamedTuple, TypeVar
 
 from ._errors import MissingExtra
 
@@ -43,12 +57,106 @@ except ImportError as exc:  # pragma: no cover - exercised only without the pack
 
 from aiohttp import web
 
+from .._core.histogram import LatencySnapshot
 from ._server import require_token, run_app, token_middleware
 from ._snapshot import SnapshotFn, normalize
 
 __all__ = ["SnapshotCollector", "metrics_app", "serve_metrics"]
 
 _STATUSES = ("running", "stopping", "done", "failed")
+
+
+class _Figure(NamedTuple):
+    """A figure of a section's rows as a metric: the row's ``key``, over ``divisor``
+    (1e6 for microseconds: metrics are in seconds)."""
+
+    key: str
+    counter: bool
+    name: str
+    help: str
+    divisor: float = 1.0
+
+
+_HOST = (
+    _Figure("requests", True, "host_requests", "Requests to a host."),
+    _Figure("errors", True, "host_errors", "Failed requests to a host."),
+    _Figure("latency_mean", False, "host_latency_mean_seconds", "Mean latency of a host."),
+    _Figure("limit", False, "host_limit", "Concurrency limit of a host."),
+)
+_CACHE = (
+    _Figure("hits", True, "cache_hits", "Lookups that found a value in a cache."),
+    _Figure("misses", True, "cache_misses", "Lookups that found no value in a cache."),
+    _Figure("sets", True, "cache_sets", "Values written to a cache."),
+    _Figure("evictions", True, "cache_evictions", "Entries evicted to keep a cache in budget."),
+    _Figure("expired", True, "cache_expired", "Lookups that found an expired entry."),
+    _Figure("entries", False, "cache_entries", "Entries in a cache."),
+    _Figure("bytes_used", False, "cache_used_bytes", "Bytes of keys and values in a cache."),
+    _Figure("max_bytes", False, "cache_max_bytes", "Budget of a cache's keys and values."),
+    _Figure("hit_rate", False, "cache_hit_ratio", "Hits over lookups of a cache."),
+    _Figure("get_us", False, "cache_get_seconds", "Time one local get took at the scrape.", 1e6),
+    _Figure("ring_members", False, "cache_ring_members", "Members of a cache's Redis ring."),
+    _Figure("ring_down", False, "cache_ring_down", "Members of a cache's ring that are down."),
+    _Figure(
+        "ring_get_us",
+        False,
+        "cache_ring_get_seconds",
+        "Median get time of the slowest member of a cache's ring.",
+        1e6,
+    ),
+)
+_SOURCE = (
+    _Figure("read", True, "source_read", "Messages read from a source (redeliveries too)."),
+    _Figure("redelivered", True, "source_redelivered", "Messages a source gave again."),
+    _Figure("acked", True, "source_acked", "Messages acknowledged to a source."),
+    _Figure("unacked", False, "source_unacked", "Messages read and not acknowledged yet."),
+    _Figure("peak_unacked", False, "source_peak_unacked", "Most messages ever unacknowledged."),
+    _Figure("max_unacked", False, "source_max_unacked", "Bound on unacknowledged messages."),
+    _Figure("intake_waits", True, "source_intake_waits", "Times the intake waited for acks."),
+    _Figure("lag", False, "source_lag", "Messages in a source its group has not read yet."),
+)
+_SINK = (
+    _Figure("written", True, "sink_written", "Results written to a sink."),
+    _Figure("failed", True, "sink_failed", "Failures written to a sink."),
+    _Figure("commits", True, "sink_commits", "Chunks written and committed to a sink."),
+)
+
+
+R = TypeVar("R", bound=Mapping[str, Any])
+
+
+def _by(key: str, rows: Iterable[R]) -> dict[str, R]:
+    """``rows`` by their ``key``, the first of rows that share one (a label value may
+    appear once in a family: two handles of one cache directory give the same figures)."""
+    found: dict[str, R] = {}
+    for row in rows:
+        found.setdefault(str(row[key]), row)
+    return found
+
+
+def _families(
+    ns: str, label: str, rows: Mapping[str, Mapping[str, Any]], figures: Iterable[_Figure]
+) -> Iterator[Metric]:
+    """A family per figure with a sample per row (labelled ``label``), leaving out the
+    rows that lack the figure or hold None; no family without samples."""
+    for figure in figures:
+        family = (CounterMetricFamily if figure.counter else GaugeMetricFamily)(
+            f"{ns}_{figure.name}", figure.help, labels=[label]
+        )
+        for ident, row in rows.items():
+            value = row.get(figure.key)
+            if isinstance(value, int | float):
+                family.add_metric([ident], float(value) / figure.divisor)
+        if family.samples:
+            yield family
+
+
+def _summary(metric: Metric, labels: dict[str, str], lat: LatencySnapshot) -> None:
+    """Add a latency snapshot's quantiles, count and sum (seconds) to a summary."""
+    quantiles = (("0.5", lat["p50"]), ("0.9", lat["p90"]), ("0.95", lat["p95"]))
+    for quantile, seconds in (*quantiles, ("0.99", lat["p99"])):
+        metric.add_sample(metric.name, {**labels, "quantile": quantile}, seconds)
+    metric.add_sample(f"{metric.name}_count", labels, float(lat["count"]))
+    metric.add_sample(f"{metric.name}_sum", labels, lat["mean"] * lat["count"])
 
 
 class SnapshotCollector(Collector):
@@ -104,18 +212,8 @@ class SnapshotCollector(Collector):
             levels = (stage["in_flight"], stage["queued"], stage["workers"])
             for gauge, value in zip(gauges, levels, strict=True):
                 gauge.add_metric([name], float(value))
-            lat = stage["latency"]
-            quantiles = (
-                ("0.5", lat["p50"]),
-                ("0.9", lat["p90"]),
-                ("0.95", lat["p95"]),
-                ("0.99", lat["p99"]),
-            )
-            for quantile, seconds in quantiles:
-                latency.add_sample(latency.name, {"stage": name, "quantile": quantile}, seconds)
-            latency.add_sample(f"{latency.name}_count", {"stage": name}, float(lat["count"]))
-            latency.add_sample(f"{latency.name}_sum", {"stage": name}, lat["mean"] * lat["count"])
-            latency_max.add_metric([name], lat["max"])
+            _summary(latency, {"stage": name}, stage["latency"])
+            latency_max.add_metric([name], stage["latency"]["max"])
         yield from counters
         yield from gauges
         yield latency
@@ -129,26 +227,24 @@ class SnapshotCollector(Collector):
             workers.add_metric([stage_name, state], float(n))
         yield workers
 
-        hosts = snap.get("hosts")
-        if hosts is not None:
-            requests = CounterMetricFamily(
-                f"{ns}_host_requests", "Requests to a host.", labels=["host"]
+        yield from _families(ns, "host", _by("host", snap.get("hosts", [])), _HOST)
+        yield from _families(ns, "cache", _by("path", snap.get("caches", [])), _CACHE)
+        connectors = snap.get("connectors", [])
+        sources = _by("name", (c for c in connectors if c["role"] == "source"))
+        yield from _families(ns, "source", sources, _SOURCE)
+        sinks = _by("name", (c for c in connectors if c["role"] == "sink"))
+        yield from _families(ns, "sink", sinks, _SINK)
+        if sinks:
+            commit = Metric(
+                f"{ns}_sink_commit_seconds", "Latency of a chunk's write and commit.", "summary"
             )
-            errors = CounterMetricFamily(
-                f"{ns}_host_errors", "Failed requests to a host.", labels=["host"]
+            commit_max = GaugeMetricFamily(
+                f"{ns}_sink_commit_max_seconds", "Longest write and commit.", labels=["sink"]
             )
-            mean = GaugeMetricFamily(
-                f"{ns}_host_latency_mean_seconds", "Mean latency of a host.", labels=["host"]
-            )
-            limit = GaugeMetricFamily(
-                f"{ns}_host_limit", "Concurrency limit of a host.", labels=["host"]
-            )
-            for h in hosts:
-                requests.add_metric([h["host"]], float(h["requests"]))
-                errors.add_metric([h["host"]], float(h["errors"]))
-                mean.add_metric([h["host"]], h["latency_mean"])
-                limit.add_metric([h["host"]], float(h["limit"]))
-            yield from (requests, errors, mean, limit)
+            for name, sink in sinks.items():
+                _summary(commit, {"sink": name}, sink["commit_latency"])
+                commit_max.add_metric([name], sink["commit_latency"]["max"])
+            yield from (commit, commit_max)
 
 
 def metrics_app(

@@ -2,8 +2,9 @@
 
 Both are built from the last snapshot of the run::
 
-    snapshot() ──normalize──▶ to_json(): totals, per-stage figures, failure groups, hosts
-                                  └──▶ render_text(): the same, laid out for a terminal
+    snapshot() ──normalize──▶ to_json(): totals, per-stage figures, failure groups,
+                              │          sections of the run (hosts, caches, connectors)
+                              └──▶ render_text(): the same, laid out for a terminal
 
 A journaled run also stores ``to_json()`` in its journal at each commit, and ``spindle
 status`` shows it again: :func:`report_from_json` reads such a stored report back (keys
@@ -15,6 +16,11 @@ Run totals: ``done`` counts the items that came out of the last stage; ``failed`
 Failures are grouped by (error type, start of the message's first line), most frequent
 first, each with a count and its most recent example. The snapshot carries only the
 most recent failures, so the groups describe those; ``failed`` is the full count.
+
+Sections of the whole run are copied from the snapshot as they are, each only when the
+run has it: a fetch run's ``hosts``, the ``caches`` of its stages (their counts are the
+caches' own, over every process and run that used them) and a stream run's
+``connectors``. Their text is laid out in :mod:`spindle.observe._sections`.
 """
 
 from __future__ import annotations
@@ -25,7 +31,19 @@ from typing import Any, TypedDict
 from .._core.histogram import LatencySnapshot
 from . import _format as fmt
 from ._fields import Table, int_or_none, maps, text, texts, to_float, to_int
-from ._snapshot import FAILURE, HOST, LATENCY, FailureSnapshot, HostSnapshot, normalize
+from ._sections import cache_lines, connector_lines, host_lines
+from ._snapshot import (
+    FAILURE,
+    HOST,
+    LATENCY,
+    CacheSnapshot,
+    ConnectorSnapshot,
+    FailureSnapshot,
+    HostSnapshot,
+    normalize,
+    read_caches,
+    read_connectors,
+)
 
 __all__ = [
     "FailureGroup",
@@ -82,9 +100,12 @@ class _ReportBase(TypedDict):
 
 
 class Report(_ReportBase, total=False):
-    """What :func:`to_json` returns (``hosts`` only for fetch runs)."""
+    """What :func:`to_json` returns (``hosts`` only for fetch runs, ``caches`` for runs
+    whose stages have a cache, ``connectors`` for stream runs)."""
 
     hosts: list[HostSnapshot]
+    caches: list[CacheSnapshot]
+    connectors: list[ConnectorSnapshot]
 
 
 def _prefix(message: str) -> str:
@@ -150,19 +171,11 @@ def to_json(snapshot: Mapping[str, Any]) -> Report:
     }
     if "hosts" in snap:
         report["hosts"] = snap["hosts"]
+    if "caches" in snap:
+        report["caches"] = snap["caches"]
+    if "connectors" in snap:
+        report["connectors"] = snap["connectors"]
     return report
-
-
-def _table(rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        cells = [
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        lines.append("  " + "  ".join(cells).rstrip())
-    return lines
 
 
 _STAGE_REPORT = Table(
@@ -217,7 +230,7 @@ _REPORT = Table(
         "failures_shown": to_int,
         "failure_groups": _failure_groups,
     },
-    optional=("hosts",),
+    optional=("hosts", "caches", "connectors"),
 )
 
 
@@ -229,6 +242,10 @@ def report_from_json(data: object) -> Report | None:
     report = _REPORT(data)
     if "hosts" in data:
         report["hosts"] = HOST.rows(data.get("hosts"))
+    if "caches" in data:
+        report["caches"] = read_caches(data.get("caches"))
+    if "connectors" in data:
+        report["connectors"] = read_connectors(data.get("connectors"))
     return report
 
 
@@ -245,8 +262,8 @@ def totals_line(rep: Report) -> str:
 
 def detail_lines(rep: Report, *, failures: bool = True) -> list[str]:
     """The report below its totals: the per-stage table (counts, throughput, latency
-    percentiles), the failure groups (unless ``failures`` is False) and, for a fetch
-    run, the hosts."""
+    percentiles), the failure groups (unless ``failures`` is False) and the sections
+    of the run it has: hosts, caches, connectors."""
     lines: list[str] = []
     if rep["stages"]:
         rows = [
@@ -270,7 +287,7 @@ def detail_lines(rep: Report, *, failures: bool = True) -> list[str]:
                     *(fmt.latency(v) for v in seconds),
                 ]
             )
-        lines += ["", *_table(rows, right=set(range(2, 13)))]
+        lines += ["", *fmt.table(rows, right=set(range(2, 13)))]
     groups = rep["failure_groups"] if failures else []
     if groups:
         shown = rep["failures_shown"]
@@ -284,20 +301,9 @@ def detail_lines(rep: Report, *, failures: bool = True) -> list[str]:
             lines.append(f"          e.g. stage {ex['stage']}, item {ex['item']}")
             last = [ln for ln in ex["traceback"].strip().splitlines() if ln.strip()][-2:]
             lines += [f"          {ln.strip()}" for ln in last]
-    hosts = rep.get("hosts")
-    if hosts:
-        rows = [["host", "requests", "errors", "mean latency", "limit"]]
-        for h in sorted(hosts, key=lambda h: -h["requests"]):
-            rows.append(
-                [
-                    h["host"],
-                    fmt.count(h["requests"]),
-                    fmt.count(h["errors"]),
-                    fmt.latency(h["latency_mean"]),
-                    fmt.count(h["limit"]),
-                ]
-            )
-        lines += ["", "hosts:", *_table(rows, right={1, 2, 3, 4})]
+    lines += host_lines(rep.get("hosts", []))
+    lines += cache_lines(rep.get("caches", []))
+    lines += connector_lines(rep.get("connectors", []))
     return lines
 
 

@@ -115,3 +115,35 @@ def read_and_write(item: tuple[Cache, int]) -> tuple[Any, int]:
     cache, i = item
     cache.set(f"from-worker-{i}", {"i": i, "pid": os.getpid()})
     return cache.get("from-parent"), os.getpid()
+
+
+def _computed(path: str, key: str) -> str:
+    """Note one computation of ``key`` (a line appended to ``path``): the tests count them."""
+    with open(path, "a") as f:
+        f.write(key + "\n")
+    return key.upper()
+
+
+def run_cache_lookup(item: tuple[int, str]) -> str:
+    """A job: the value of ``x``'s key (one of 100), from the run's cache."""
+    import spindle
+
+    x, path = item
+    key = f"k{x % 100}"
+    return str(spindle.cache().get_or_set(key, lambda: _computed(path, key)))
+
+
+async def async_run_cache_lookup(item: tuple[int, str]) -> str:
+    return run_cache_lookup(item)
+
+
+def _memoized(path: str, key: str) -> str:
+    return _computed(path, key)
+
+
+def memoized_lookup(item: tuple[int, str]) -> str:
+    """A job calling a function memoized through the run's cache."""
+    import spindle
+
+    x, path = item
+    return str(spindle.memoize(_memoized)(path, f"k{x % 100}"))

@@ -15,7 +15,8 @@ class FakeRun:
     """A run whose counters rise by a fixed step on every ``snapshot()`` call.
 
     Each call advances the run by ``step_seconds``; after ``fail_after`` calls a
-    failure with a traceback appears. Fully deterministic: no clock is read.
+    failure with a traceback appears. ``caches`` adds two caches (one with a Redis ring),
+    ``stream`` a stream run's source and sink. Fully deterministic: no clock is read.
     """
 
     def __init__(
@@ -26,6 +27,8 @@ class FakeRun:
         step_seconds: float = 1.0,
         fail_after: int | None = 3,
         hosts: bool = True,
+        caches: bool = False,
+        stream: bool = False,
         wave: bool = False,
     ) -> None:
         self.calls = 0
@@ -36,6 +39,9 @@ class FakeRun:
         self.step_seconds = step_seconds
         self.fail_after = fail_after
         self.hosts = hosts
+        self.caches = caches
+        self.stream = stream
+        self.commit_latency = LatencyHistogram()
         self.status = "running"
         self.fetch_latency = LatencyHistogram()
         self.parse_latency = LatencyHistogram()
@@ -144,7 +150,84 @@ class FakeRun:
                     "limit": 4,
                 },
             ]
+        if self.caches:
+            snap["caches"] = cache_rows(done)
+        if self.stream:
+            self.commit_latency.record_many([0.004 + 0.001 * (i % 5) for i in range(10)])
+            snap["connectors"] = stream_rows(done, self.commit_latency.snapshot())
         return snap
+
+
+def cache_rows(done: int) -> list[dict[str, Any]]:
+    """A run's ``caches`` as the engine gives them: one cache in shared memory, and one
+    with a Redis ring behind it (with a key the observers do not know)."""
+    hits, misses = 3 * done // 4, done - 3 * done // 4
+    return [
+        {
+            "path": "/dev/shm/spindle-cache-a",
+            "stages": "fetch, parse",
+            "hits": hits,
+            "misses": misses,
+            "hit_rate": hits / done if done else 0.0,
+            "sets": misses,
+            "evictions": 2,
+            "expired": 1,
+            "entries": misses - 2,
+            "bytes_used": 1_580 * misses,
+            "max_bytes": 16_000_000,
+            "get_us": 8.5,
+        },
+        {
+            "path": "/dev/shm/spindle-cache-ring",
+            "stages": "parse",
+            "hits": 10,
+            "misses": 30,
+            "hit_rate": 0.25,
+            "sets": 30,
+            "evictions": 0,
+            "expired": 0,
+            "entries": 30,
+            "bytes_used": 950,
+            "max_bytes": 64_000_000,
+            "get_us": 12.25,
+            "ring_members": 3,
+            "ring_down": 1,
+            "ring_get_us": 420.0,
+            "shard_map": {"not": "shown"},
+        },
+    ]
+
+
+def stream_rows(done: int, commit_latency: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stream run's ``connectors`` as the engine gives them, with figures of the
+    connectors' own (plain ones are kept, the nested one is dropped)."""
+    return [
+        {
+            "role": "source",
+            "name": "redis://127.0.0.1:6379/0 events",
+            "read": done + 20,
+            "redelivered": 3,
+            "acked": done,
+            "unacked": 20,
+            "peak_unacked": 512,
+            "max_unacked": 1_024,
+            "intake_waits": 4,
+            "lag": 7,
+            "consumer": "worker-1",
+            "claimed": 3,
+            "group_pending": None,
+            "nested": {"dropped": True},
+        },
+        {
+            "role": "sink",
+            "name": "postgres://db/results",
+            "written": done - 2,
+            "failed": 2,
+            "commits": commit_latency["count"],
+            "commit_latency": commit_latency,
+            "duplicates": 1,
+        },
+    ]
 
 
 @pytest.fixture

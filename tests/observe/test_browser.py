@@ -49,7 +49,7 @@ DONE_CELL = '#stages tr[data-stage="parse"] td[data-field="done"]'
 def test_dashboard_shows_rising_counters_a_failure_and_charts() -> None:
     # Sixty seconds of history before the page opens, so the charts have a shape; the
     # page's own polls move the run on, and a failure appears after a few of them.
-    run = FakeRun(total=100_000, step_items=400, wave=True, fail_after=63)
+    run = FakeRun(total=100_000, step_items=400, wave=True, fail_after=63, caches=True, stream=True)
     timeline = Timeline()
     for _ in range(60):
         timeline.add(run.snapshot())
@@ -103,6 +103,19 @@ def test_dashboard_shows_rising_counters_a_failure_and_charts() -> None:
                 await expect(page.locator("#status")).to_have_text("running")
                 await expect(page.locator("#hosts-section")).to_be_visible()
                 await expect(page.locator('#hosts tr[data-host="example.test"]')).to_be_visible()
+                await expect(page.locator("#caches-section")).to_be_visible()
+                ring = page.locator('#caches tr[data-cache="/dev/shm/spindle-cache-ring"]')
+                await expect(ring).to_contain_text("2/3 up")
+                await expect(ring).to_contain_text("950 B")
+                await expect(
+                    page.locator('#caches tr[data-cache="/dev/shm/spindle-cache-a"]')
+                ).to_contain_text("16 MB")
+                await expect(page.locator("#connectors-section")).to_be_visible()
+                source = page.locator('#sources tr[data-source="redis://127.0.0.1:6379/0 events"]')
+                await expect(source).to_contain_text("claimed 3")
+                await expect(
+                    page.locator('#sinks tr[data-sink="postgres://db/results"]')
+                ).to_contain_text("duplicates 1")
                 await expect(
                     page.locator('#workers .workers-stage[data-stage="parse"] .worker')
                 ).to_have_count(4)
@@ -122,3 +135,28 @@ def test_dashboard_shows_rising_counters_a_failure_and_charts() -> None:
     seen = asyncio.run(scenario())
     assert seen["second"] > seen["first"] >= 60 * 400 * 0.5
     assert (DOCS_IMAGES / "dashboard.png").stat().st_size > 10_000
+
+
+def test_sections_a_run_does_not_have_stay_hidden() -> None:
+    run = FakeRun(hosts=False)
+
+    async def scenario() -> None:
+        async with (
+            serve_dashboard(run.snapshot, interval=3600) as url,
+            async_playwright() as pw,
+        ):
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(url)
+                await expect(page.locator(DONE_CELL)).to_have_text(
+                    re.compile(r"^[\d,]+$"), timeout=WAIT_MS
+                )
+                for section in ("#hosts-section", "#caches-section", "#connectors-section"):
+                    await expect(page.locator(section)).to_be_hidden()
+            finally:
+                await browser.close()
+
+    asyncio.run(scenario())

@@ -159,3 +159,53 @@ def test_a_port_in_use_is_a_clear_error(fake_run: FakeRun) -> None:
         asyncio.run(scenario())
     assert isinstance(caught.value, SpindleError)
     assert isinstance(caught.value.__cause__, OSError)
+
+
+def test_the_api_and_the_page_carry_caches_and_connectors() -> None:
+    run = FakeRun(caches=True, stream=True)
+
+    async def scenario() -> tuple[dict[str, Any], str, str]:
+        async with (
+            serve_dashboard(run.snapshot, interval=3600) as url,
+            aiohttp.ClientSession() as session,
+        ):
+            async with session.get(f"{url}api/snapshot") as response:
+                snap = await response.json()
+            async with session.get(url) as response:
+                page = await response.text()
+            async with session.get(f"{url}static/dashboard.js") as response:
+                script = await response.text()
+        return snap, page, script
+
+    snap, page, script = asyncio.run(scenario())
+    assert [c["path"] for c in snap["caches"]] == [
+        "/dev/shm/spindle-cache-a",
+        "/dev/shm/spindle-cache-ring",
+    ]
+    assert "ring_members" not in snap["caches"][0] and snap["caches"][1]["ring_down"] == 1
+    assert "shard_map" not in snap["caches"][1]
+    source, sink = snap["connectors"]
+    assert (source["role"], source["lag"], source["extra"]["claimed"]) == ("source", 7, 3)
+    assert "nested" not in source and "nested" not in source["extra"]
+    assert (sink["role"], sink["commits"], sink["commit_latency"]["count"]) == ("sink", 20, 20)
+    # Both sections are hidden until a snapshot has them; the script fills them in.
+    assert '<section id="caches-section" hidden>' in page
+    assert '<section id="connectors-section" hidden>' in page
+    for name in ('id="caches"', 'id="sources"', 'id="sinks"'):
+        assert name in page
+    for name in ("renderCaches(snap)", "renderConnectors(snap)", '"caches-section"'):
+        assert name in script
+
+
+def test_the_api_leaves_out_sections_the_run_does_not_have(fake_run: FakeRun) -> None:
+    async def scenario() -> dict[str, Any]:
+        async with (
+            serve_dashboard(fake_run.snapshot, interval=3600) as url,
+            aiohttp.ClientSession() as session,
+            session.get(f"{url}api/snapshot") as response,
+        ):
+            got: dict[str, Any] = await response.json()
+            return got
+
+    snap = asyncio.run(scenario())
+    assert "caches" not in snap and "connectors" not in snap and "hosts" in snap

@@ -10,6 +10,8 @@ pytestmark = pytest.mark.timeout(30)
 
 EXPECTED = {
     "BindError",
+    "CacheSnapshot",
+    "ConnectorSnapshot",
     "FailureGroup",
     "FailureSnapshot",
     "HistogramDict",
@@ -21,9 +23,11 @@ EXPECTED = {
     "MissingExtra",
     "RateWindow",
     "Report",
+    "SinkSnapshot",
     "Snapshot",
     "SnapshotCollector",
     "SnapshotFn",
+    "SourceSnapshot",
     "StagePoint",
     "StageSnapshot",
     "Timeline",

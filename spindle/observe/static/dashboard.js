@@ -177,6 +177,97 @@
     document.querySelector("#hosts tbody").replaceChildren(...rows);
   }
 
+  // -- caches ---------------------------------------------------------------------------
+
+  function size(n) {
+    // Bytes in SI units, as a cache's size is written: 950 B, 1.58 KB, 16 MB.
+    if (!(n > 0)) return "0 B";
+    for (const unit of ["B", "KB", "MB", "GB"]) {
+      if (n < 999.5) return unit === "B" ? Math.round(n) + " B" : Number(n.toPrecision(3)) + " " + unit;
+      n /= 1000;
+    }
+    return Number(n.toPrecision(3)).toLocaleString("en-US") + " TB";
+  }
+  function percent(f) { return Number.isFinite(f) ? (100 * f).toFixed(1) + "%" : "-"; }
+  function micros(us) { return us == null ? "-" : latency(us / 1e6); }
+
+  function renderCaches(snap) {
+    const section = document.getElementById("caches-section");
+    const caches = snap.caches || [];
+    section.hidden = !caches.length;
+    if (!caches.length) return;
+    const table = document.getElementById("caches");
+    table.classList.toggle("no-ring", !caches.some((c) => c.ring_members !== undefined));
+    const rows = caches.map((c) => el("tr", { "data-cache": c.path }, [
+      el("td", { text: c.path }),
+      el("td", { text: c.stages, class: "text" }),
+      el("td", { text: percent(c.hit_rate) }),
+      el("td", { text: count(c.hits) }),
+      el("td", { text: count(c.misses) }),
+      el("td", { text: count(c.sets) }),
+      el("td", { text: count(c.evictions) }),
+      el("td", { text: count(c.expired) }),
+      el("td", { text: count(c.entries) }),
+      el("td", { text: size(c.bytes_used) }),
+      el("td", { text: size(c.max_bytes) }),
+      el("td", { text: micros(c.get_us) }),
+      el("td", {
+        class: "ring",
+        text: c.ring_members === undefined ? "-" : (c.ring_members - c.ring_down) + "/" + c.ring_members + " up",
+      }),
+      el("td", { class: "ring", text: micros(c.ring_get_us) }),
+    ]));
+    table.tBodies[0].replaceChildren(...rows);
+  }
+
+  // -- connectors -----------------------------------------------------------------------
+
+  function figure(v) {
+    if (v == null) return "-";
+    if (typeof v === "boolean") return v ? "yes" : "no";
+    if (typeof v === "number") return Number.isInteger(v) ? count(v) : String(Number(v.toPrecision(3)));
+    return String(v);
+  }
+  function other(row) {
+    return Object.entries(row.extra || {}).map(([k, v]) => k + " " + figure(v)).join(", ");
+  }
+
+  function renderConnectors(snap) {
+    const section = document.getElementById("connectors-section");
+    const connectors = snap.connectors || [];
+    section.hidden = !connectors.length;
+    if (!connectors.length) return;
+    const sources = connectors.filter((c) => c.role === "source").map((s) => el("tr", { "data-source": s.name }, [
+      el("td", { text: s.name }),
+      el("td", { text: count(s.read) }),
+      el("td", { text: count(s.redelivered) }),
+      el("td", { text: count(s.acked) }),
+      el("td", { text: count(s.unacked) }),
+      el("td", { text: count(s.peak_unacked) }),
+      el("td", { text: count(s.max_unacked) }),
+      el("td", { text: count(s.intake_waits) }),
+      el("td", { text: s.lag == null ? "-" : count(s.lag) }),
+      el("td", { text: other(s), class: "text" }),
+    ]));
+    const sinks = connectors.filter((c) => c.role === "sink").map((k) => el("tr", { "data-sink": k.name }, [
+      el("td", { text: k.name }),
+      el("td", { text: count(k.written) }),
+      el("td", { text: count(k.failed), class: k.failed ? "failed nonzero" : "" }),
+      el("td", { text: count(k.commits) }),
+      el("td", { text: latency(k.commit_latency.p50) }),
+      el("td", { text: latency(k.commit_latency.p95) }),
+      el("td", { text: latency(k.commit_latency.p99) }),
+      el("td", { text: latency(k.commit_latency.max) }),
+      el("td", { text: other(k), class: "text" }),
+    ]));
+    const tables = [["sources", sources], ["sinks", sinks]];
+    for (const [id, rows] of tables) {
+      const table = document.getElementById(id);
+      table.hidden = !rows.length;
+      table.tBodies[0].replaceChildren(...rows);
+    }
+  }
+
   // -- failures -------------------------------------------------------------------------
 
   function failureKey(f) { return f.time + "|" + f.stage + "|" + f.item + "|" + f.error; }
@@ -319,6 +410,8 @@
       renderStages(snap);
       renderWorkers(snap);
       renderHosts(snap);
+      renderCaches(snap);
+      renderConnectors(snap);
       renderFailures(snap);
       renderCharts();
       connection.textContent = "";
