@@ -14,7 +14,7 @@ from spindle.cache import Cache
 
 pytestmark = pytest.mark.timeout(120)
 
-ITEMS = 3_000
+ITEMS = 10_000
 
 
 def _items(tmp_path: Path) -> tuple[list[tuple[int, str]], Path]:
