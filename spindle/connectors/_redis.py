@@ -166,6 +166,9 @@ class RedisStreamSource(AckSource):
         self._claim_cursor: Any = b"0-0"
         self._next_claim = 0.0
         self._inflight: set[bytes] = set()
+        #: Entries acknowledged while a claim was on its way: the claim may have taken
+        #: them (they were still pending on the server) after they left ``_inflight``.
+        self._acked_while_claiming: set[bytes] | None = None
         self._lock = threading.Lock()
         self._lag: int | None = None
         self._group_pending: int | None = None
@@ -266,6 +269,8 @@ class RedisStreamSource(AckSource):
         return entries or []
 
     def _claim(self, max_n: int) -> list[Message]:
+        with self._lock:
+            self._acked_while_claiming = set()
         reply = self.client.xautoclaim(
             self.stream,
             self.group,
@@ -280,8 +285,11 @@ class RedisStreamSource(AckSource):
         if len(reply) > 2:
             self.deleted += len(reply[2])  # deleted while pending: Redis dropped them
         with self._lock:
-            inflight = self._inflight
-            entries = [e for e in reply[1] if e[0] is not None and e[0] not in inflight]
+            # Not ours to run again: entries in flight here, and those acknowledged
+            # since the claim was sent (the consumer thread acknowledges meanwhile).
+            skip = self._inflight | (self._acked_while_claiming or set())
+            self._acked_while_claiming = None
+            entries = [e for e in reply[1] if e[0] is not None and e[0] not in skip]
         messages = self._messages(entries, redelivered=True)
         self.claimed += len(messages)
         return messages
@@ -342,6 +350,8 @@ class RedisStreamSource(AckSource):
             raise InputError(f"cannot acknowledge on {self.name}: {_reason(exc)}") from None
         with self._lock:
             self._inflight.difference_update(tokens)
+            if self._acked_while_claiming is not None:
+                self._acked_while_claiming.update(tokens)
 
     # -- what it shows -------------------------------------------------------------
 
