@@ -11,7 +11,7 @@ tasks are batched to the workers, and ``stats()`` shows progress. What differs f
   exception that the iterable raises is still met in its place, as in
   ``multiprocessing``: after the results of the items read before it.
 - ``map`` with no ``chunksize`` cuts its input in chunks as ``multiprocessing`` does
-  (about four per worker), but of at most 1,024 items, so that its progress shows;
+  (about four per worker), but of at most 4,096 items, so that its progress shows;
   ``imap``'s default ``chunksize`` is 1, which costs little here: tasks are batched.
 - ``terminate()`` settles what was outstanding (cancelled, or failed with
   ``BrokenExecutor``) instead of leaving it waiting forever.
@@ -42,7 +42,7 @@ _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 #: Most tasks an ``imap`` has submitted and not yet handed to its consumer.
 READ_AHEAD = 1024
 #: Largest chunk ``map`` makes when no ``chunksize`` is given.
-_MAX_AUTO_CHUNK = 1024
+_MAX_AUTO_CHUNK = 4096
 
 Callback = Callable[[Any], object] | None
 
