@@ -84,9 +84,11 @@ def exit_in_parent() -> ExitWhenUnpickled:
     return ExitWhenUnpickled()
 
 
-def manager_value(proxy: Any) -> Any:
-    """Read a ``multiprocessing.Manager`` proxy: needs the parent's authkey."""
-    return proxy.get()
+def authkey() -> bytes:
+    """This process's ``multiprocessing`` authkey."""
+    import multiprocessing
+
+    return bytes(multiprocessing.current_process().authkey)
 
 
 def touch(path: str) -> None:

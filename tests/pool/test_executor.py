@@ -266,13 +266,13 @@ def test_a_result_that_exits_when_unpickled_fails_its_future_only() -> None:
         assert ex.submit(poolfns.square, 3).result(20) == 9
 
 
-def test_a_spawned_worker_reaches_a_manager_of_the_parent() -> None:
+def test_a_spawned_worker_has_the_parent_s_multiprocessing_authkey() -> None:
+    # What a multiprocessing.Manager proxy sent to the worker needs to connect back.
     spawn = multiprocessing.get_context("spawn")
-    # The manager is forked: a spawned one would leave multiprocessing's resource
-    # tracker behind, a process of the test's own.
-    fork = multiprocessing.get_context("fork")
-    with fork.Manager() as manager, spindle.Executor(1, mp_context=spawn) as ex:
-        assert ex.submit(poolfns.manager_value, manager.Value("i", 42)).result(60) == 42
+    with spindle.Executor(1, mp_context=spawn) as ex:
+        assert ex.submit(poolfns.authkey).result(60) == bytes(
+            multiprocessing.current_process().authkey
+        )
 
 
 _SCRIPT = """
