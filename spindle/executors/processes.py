@@ -59,7 +59,7 @@ import cloudpickle
 from .._errors import SpindleError
 from .._failure import Failure, short_repr
 from ..policies.batching import AdaptiveBatch
-from ..policies.dispatch import HashRing, least_loaded
+from ..policies.dispatch import HashRing, choose
 from . import _wire
 from ._handle import (
     TERM_GRACE,
@@ -274,28 +274,10 @@ class ProcessExecutor(Executor):
 
     # -- running -------------------------------------------------------------------
 
-    def _routed(self, items: list[Any]) -> WorkerHandle | None:
-        """Key affinity: the usable worker that takes the item's key on the hash ring
-        (see :meth:`~spindle.policies.dispatch.HashRing.place`); None when the key
-        cannot be computed (the least-loaded worker takes the item) or no worker is
-        usable."""
-        assert self._ring is not None and self._route is not None
-        try:
-            key = self._route(items[0])
-        except Exception:
-            return None
-        usable = {w.index: w for w in self._workers if w.usable}
-        slot = self._ring.place(key, usable)
-        return None if slot is None else usable[slot]
-
     async def _pick(self, items: list[Any]) -> WorkerHandle:
         assert self._free is not None
         while True:
-            best: WorkerHandle | None = None
-            if self._ring is not None and len(items) == 1:
-                best = self._routed(items)
-            if best is None:
-                best = least_loaded(self._workers)
+            best = choose(self._workers, items, self._ring, self._route)
             if best is not None:
                 return best
             if self._broken is not None:

@@ -64,7 +64,7 @@ import cloudpickle
 from .._errors import SpindleError
 from .._failure import Failure, short_repr
 from ..policies.batching import AdaptiveBatch
-from ..policies.dispatch import HashRing, least_loaded
+from ..policies.dispatch import HashRing, choose
 from ._ray_fleet import START_TIMEOUT, Actor, Fleet, reason
 from ._ray_session import (
     INSTALL_HINT,
@@ -217,25 +217,11 @@ class RayExecutor(Executor):
 
     # -- dispatch -------------------------------------------------------------------
 
-    def _routed(self, items: list[Any]) -> Actor | None:
-        assert self._ring is not None and self._route is not None
-        try:
-            key = self._route(items[0])
-        except Exception:
-            return None
-        usable = {a.index: a for a in self._fleet.actors if a.usable}
-        slot = self._ring.place(key, usable)
-        return None if slot is None else usable[slot]
-
     async def _pick(self, items: list[Any]) -> Actor:
         fleet = self._fleet
         assert fleet.free is not None
         while True:
-            best: Actor | None = None
-            if self._ring is not None and len(items) == 1:
-                best = self._routed(items)
-            if best is None:
-                best = least_loaded(fleet.actors)
+            best = choose(fleet.actors, items, self._ring, self._route)
             if best is not None:
                 return best
             if fleet.broken is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Collection, Iterable, Iterator, Sized
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence, Sized
 from typing import Any, Protocol, TypeVar
 
 
@@ -37,6 +37,11 @@ class Loaded(Protocol):
         """The batches sent to the worker and not yet answered."""
         ...
 
+    @property
+    def index(self) -> int:
+        """The worker's slot, its place on a :class:`HashRing`."""
+        ...
+
 
 W = TypeVar("W", bound=Loaded)
 
@@ -49,6 +54,30 @@ def least_loaded(workers: Iterable[W]) -> W | None:
         if w.usable and (best is None or len(w.pending) < len(best.pending)):
             best = w
     return best
+
+
+def choose(
+    workers: Sequence[W],
+    items: Sequence[Any],
+    ring: HashRing | None,
+    route: Callable[[Any], Any] | None,
+) -> W | None:
+    """The worker for a batch: with key affinity (a ``ring`` and its ``route``), a
+    batch of one item goes to the usable worker that takes its key on the ring;
+    otherwise, or when its key cannot be computed, the least-loaded usable worker.
+    None when no worker is usable."""
+    if ring is not None and route is not None and len(items) == 1:
+        try:
+            key = route(items[0])
+        except Exception:  # the least-loaded worker takes the item
+            key = None
+        else:
+            usable = {w.index: w for w in workers if w.usable}
+            slot = ring.place(key, usable)
+            if slot is not None:
+                return usable[slot]
+    return least_loaded(workers)
+
 
 
 class HashRing:
