@@ -23,6 +23,14 @@ Every stage constructor and :func:`map` take the same options (``StageOptions``)
   is replaced the key moves to the next worker on the ring meanwhile (cpu). A key
   ``(key, i)`` spreads one busy key over workers: the i-th worker in the key's ring
   order (the fetch stage does so for a host that needs no spacing).
+- ``dispatch``: which worker process gets each batch (cpu). ``"least-loaded"`` (the
+  default): the one with the fewest batches pending, so a slow worker gets fewer;
+  ``"round-robin"``: the workers in turn, an equal share each; ``"weighted:3,1"`` (or
+  ``[3, 1]``): shares in proportion to the weights, one per worker (smooth weighted
+  round-robin; without ``workers``, one worker per weight); ``"key:FIELD"``: items
+  that are dicts with the same ``FIELD`` go to the same worker, as with ``route``.
+  A worker that is starting or being replaced is skipped, its turns going to the
+  others. ``route`` is a dispatch policy too: give one of ``route`` and ``dispatch``.
 - ``reporter``: a function called in each worker with its state (what ``init``
   returned, or None) that returns a small dict of plain data, e.g. cache hits. Each
   worker reports at most once a second and once more when it stops; the stage's
@@ -152,12 +160,15 @@ def cpu(
     concurrency: int | None = None,
     **options: Unpack[StageOptions],
 ) -> Stage:
-    """A stage running a function on ``workers`` processes (default: the cores).
+    """A stage running a function on ``workers`` processes (default: the cores, or
+    one per weight of ``dispatch="weighted:..."``).
 
     Items are sent in batches whose size adapts to the measured cost per item, unless
-    ``batch_size`` fixes it. An ``async def`` function runs on an event loop in each
-    process with up to ``concurrency`` calls in flight per process (default 100):
-    I/O on every core.
+    ``batch_size`` fixes it; each batch goes to the worker with the fewest batches
+    pending, unless ``dispatch`` names another policy (``"round-robin"``,
+    ``"weighted:3,1"``, ``"key:FIELD"``). An ``async def`` function runs on an event
+    loop in each process with up to ``concurrency`` calls in flight per process
+    (default 100): I/O on every core.
     """
     return make_stage(fn, "cpu", workers=workers, concurrency=concurrency, **options)
 

@@ -18,6 +18,7 @@ from .._errors import ConfigError
 from ..executors._batch import is_async_fn, is_generator_fn
 from ..executors.base import Executor, ExecutorFactory
 from ..executors.spec import WorkSpec
+from ..policies.dispatch import LEAST_LOADED, Dispatch, DispatchSpec
 from ..policies.retry import RetryPolicy
 
 if TYPE_CHECKING:  # spindle.cache (and LMDB) load only for a stage that has a cache
@@ -67,6 +68,7 @@ class StageOptions(TypedDict, total=False):
     max_memory_per_worker: int | str | None
     start_method: str
     route: Callable[[Any], Any] | None
+    dispatch: DispatchSpec
     reporter: Callable[[Any], dict[str, Any]] | None
     merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None
     sections: tuple[str, ...]
@@ -166,6 +168,8 @@ class Stage:
     ray_address: str | None = None
     #: The cache every worker of the stage reaches with ``spindle.cache()``.
     cache: Cache | None = None
+    #: Which worker process gets each batch (cpu stages; see ``policies.dispatch``).
+    dispatch: Dispatch = LEAST_LOADED
     #: The stage's current or most recent run (see :meth:`stats`).
     _last_run: _LastRun = field(
         default_factory=_LastRun, init=False, repr=False, compare=False, hash=False
@@ -255,6 +259,7 @@ class Stage:
             max_jobs_per_worker=self.max_jobs_per_worker,
             max_memory_per_worker=self.max_memory_per_worker,
             route=self.route,
+            dispatch=self.dispatch,
             reporter=self.reporter,
             merge_reports=self.merge_reports,
             backend=self.backend,
@@ -362,6 +367,7 @@ def make_stage(
     max_jobs_per_worker: int | None = None,
     max_memory_per_worker: int | str | None = None,
     route: Callable[[Any], Any] | None = None,
+    dispatch: DispatchSpec | None = None,
     reporter: Callable[[Any], dict[str, Any]] | None = None,
     merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     sections: tuple[str, ...] = (),
@@ -418,7 +424,23 @@ def make_stage(
         )
     if route is not None and (kind != "cpu" or not callable(route)):
         raise ConfigError("route= takes a function of the item and applies to kind='cpu' only")
-    if route is not None and not asynchronous and batch_size is None:
+    policy = Dispatch.parse(dispatch)
+    if dispatch is not None and kind != "cpu":
+        raise ConfigError(
+            f"dispatch={str(policy)!r} chooses among worker processes and applies to "
+            "kind='cpu' only"
+        )
+    if route is not None and policy != LEAST_LOADED:
+        raise ConfigError(
+            f"route= and dispatch={str(policy)!r} are two ways to choose a worker: give "
+            "one (route= is key affinity, as dispatch='key:FIELD' is for a field of dict "
+            "items)"
+        )
+    if policy.policy == "weighted":
+        if workers is None:
+            workers = len(policy.weights)  # one weight per worker
+        policy.check_workers(workers)
+    if (route is not None or policy.policy == "key") and not asynchronous and batch_size is None:
         batch_size = 1  # routing is per item: a batch would mix keys
     _check_backend(kind, label, backend, ray_address)
     if backend == "ray":  # actors, each with its own loop for async functions
@@ -452,6 +474,7 @@ def make_stage(
         backend,
         ray_address,
         _cache_of(cache),
+        dispatch=policy,
     )
 
 
@@ -465,9 +488,7 @@ def _cache_of(cache: Cache | int | str | None) -> Cache | None:
     if isinstance(cache, Cache):
         return cache
     if isinstance(cache, bool) or not isinstance(cache, (int, str)):
-        raise ConfigError(
-            f"cache= takes a spindle.Cache or a size such as '256MB', not {cache!r}"
-        )
+        raise ConfigError(f"cache= takes a spindle.Cache or a size such as '256MB', not {cache!r}")
     return Cache(cache)
 
 

@@ -35,6 +35,7 @@ class _Commands(click.Group):
         "map": ("spindle.cli.map", "map_command"),
         "status": ("spindle.cli.status", "status_command"),
         "fetch": ("spindle.cli.fetch", "fetch_command"),
+        "serve": ("spindle.cli.serve", "serve_command"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

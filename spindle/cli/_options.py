@@ -240,6 +240,14 @@ _STAGE_OPTIONS = [
         metavar="SIZE",
         help="Replace a worker process whose memory exceeds SIZE, e.g. 512MB (cpu).",
     ),
+    option(
+        "--dispatch",
+        metavar="POLICY",
+        help="Which worker process gets each batch (cpu): least-loaded (fewest batches "
+        "pending), round-robin (in turn), weighted:W1,W2,... (in proportion, one weight "
+        "per worker), or key:FIELD (one worker per value of FIELD of JSON inputs) "
+        "[least-loaded].",
+    ),
     *_BACKEND_OPTIONS,
 ]
 
@@ -256,6 +264,7 @@ class StageChoice:
     retries: int
     max_jobs_per_worker: int | None
     max_memory_per_worker: str | None
+    dispatch: str | None
     backend: str
     ray_address: str | None
 
@@ -273,6 +282,7 @@ class StageChoice:
             retries=self.retries,
             max_jobs_per_worker=self.max_jobs_per_worker,
             max_memory_per_worker=parse_bytes(self.max_memory_per_worker),
+            dispatch=self.dispatch,
             backend=self.backend,
             ray_address=self.ray_address,
         )

@@ -139,6 +139,11 @@ class AckSource(Source):
         """Acknowledge the messages of ``tokens`` (in one call to the broker where it
         can): they are done and are never given again. Thread-safe with :meth:`read`."""
 
+    def set_bound(self, max_unacked: int) -> None:
+        """Called once before the first :meth:`read` with the most messages the run will
+        hold unacknowledged, for a broker that pushes messages ahead of reads (RabbitMQ's
+        prefetch) or fetches them in batches: it never needs to hold more."""
+
     def lag(self) -> int | None:
         """Messages in the source not yet read by this consumer's group, when known."""
         return None

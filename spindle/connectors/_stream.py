@@ -109,6 +109,7 @@ class StreamRun:
         each chunk once it is committed. Call :meth:`stop_intake` before closing the
         results early."""
         self.limit = self.max_unacked or pipeline.bound()
+        self.source.set_bound(self.limit)
         results = pipeline.run(ChunkedSource(self._chunks()), with_inputs=True, services=services)
         return results, AckingSink(self)
 

@@ -4,7 +4,7 @@
 
     slot coroutine                     parent (event loop)                     worker process
     ──────────────                     ───────────────────                     ──────────────
-    run(items) ── pickle(items) ──▶ least-loaded worker ── BATCH frame ──▶ call_batch(fn, items)
+    run(items) ── pickle(items) ──▶ worker by dispatch ─── BATCH frame ──▶ call_batch(fn, items)
          ▲                                  │                                      │
          └──── Outcome ◀── unpickle ◀── RESULT frame ◀─────────────────────────────┘
                                             │
@@ -19,8 +19,10 @@ one dies, when to replace one. Each worker process is driven through a
 interpreter), sends it frames, notices its death through its pidfd and reaps it; see
 ``_handle`` for how workers start and how a death is read.
 
-Dispatch: a batch goes to the usable worker with the fewest batches pending; with a
-stage ``route``, an item goes to the worker that owns its key on a hash ring (see
+Dispatch: the stage's ``dispatch`` policy picks the worker of each batch, among the
+usable ones: by default the one with the fewest batches pending; or in turn
+(``round-robin``), in proportion to weights (``weighted:3,1``), or, with a key
+(``key:FIELD`` or a stage ``route``), the worker that owns the key on a hash ring (see
 :mod:`spindle.policies.dispatch`). Batches are sized by
 :class:`~spindle.policies.batching.AdaptiveBatch` from the compute time workers report.
 
@@ -59,7 +61,6 @@ import cloudpickle
 from .._errors import SpindleError
 from .._failure import Failure, short_repr
 from ..policies.batching import AdaptiveBatch
-from ..policies.dispatch import HashRing, choose
 from . import _wire
 from ._handle import (
     TERM_GRACE,
@@ -117,8 +118,7 @@ class ProcessExecutor(Executor):
         self._workers: list[WorkerHandle] = []
         self._prelaunched: list[WorkerHandle] = []
         self._ids = itertools.count(1)
-        self._route = spec.route
-        self._ring = HashRing(range(spec.workers)) if spec.route is not None else None
+        self._dispatch = spec.dispatch.chooser(spec.workers, spec.route)
         self._slot_restarts: dict[int, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._free: asyncio.Event | None = None
@@ -277,7 +277,7 @@ class ProcessExecutor(Executor):
     async def _pick(self, items: list[Any]) -> WorkerHandle:
         assert self._free is not None
         while True:
-            best = choose(self._workers, items, self._ring, self._route)
+            best = self._dispatch.pick(self._workers, items)
             if best is not None:
                 return best
             if self._broken is not None:

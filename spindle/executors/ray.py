@@ -4,7 +4,7 @@
 
     slot coroutine                    driver (event loop)                    Ray actor
     ──────────────                    ───────────────────                    ─────────
-    run(items) ── pickle(items) ──▶ least-loaded actor ── run.remote() ──▶ call_batch(fn, items)
+    run(items) ── pickle(items) ──▶ actor by dispatch ─── run.remote() ──▶ call_batch(fn, items)
          ▲                                 │  (an ObjectRef, awaited on the loop)     │
          └──── Outcome ◀── unpickle ◀── (OK, encoded results, report) ◀───────────────┘
                                             │
@@ -16,9 +16,10 @@
 
 It is the process executor (``processes.py``) with Ray actors in place of worker
 processes and ObjectRefs in place of socket frames: the same adaptive batches
-(:class:`~spindle.policies.batching.AdaptiveBatch`), the same dispatch (least loaded, or
-the hash ring of ``route=``), the same per-item results and failures, retries and
-timeouts, ``init``, ``worker_state()`` and reports. Why actors and batches, not a Ray
+(:class:`~spindle.policies.batching.AdaptiveBatch`), the same dispatch (the stage's
+``dispatch`` policy: least loaded, in turn, weighted, or the hash ring of a key), the
+same per-item results and failures, retries and timeouts, ``init``,
+``worker_state()`` and reports. Why actors and batches, not a Ray
 task per item: a task costs the driver about half a millisecond, a hundred times a
 tiny job; a long-lived actor also keeps what ``init`` made (a model, a connection)
 for the whole run.
@@ -64,7 +65,6 @@ import cloudpickle
 from .._errors import SpindleError
 from .._failure import Failure, short_repr
 from ..policies.batching import AdaptiveBatch
-from ..policies.dispatch import HashRing, choose
 from ._ray_fleet import START_TIMEOUT, Actor, Fleet, reason
 from ._ray_session import (
     INSTALL_HINT,
@@ -144,8 +144,7 @@ class RayExecutor(Executor):
         )
         self._blob: bytes | None = None
         self._ids = itertools.count(1)
-        self._route = spec.route
-        self._ring = HashRing(range(workers)) if spec.route is not None else None
+        self._dispatch = spec.dispatch.chooser(workers, spec.route)
 
     def __repr__(self) -> str:
         actors = self._fleet.actors
@@ -221,7 +220,7 @@ class RayExecutor(Executor):
         fleet = self._fleet
         assert fleet.free is not None
         while True:
-            best = choose(fleet.actors, items, self._ring, self._route)
+            best = self._dispatch.pick(fleet.actors, items)
             if best is not None:
                 return best
             if fleet.broken is not None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..policies.dispatch import LEAST_LOADED, Dispatch
 from ._reports import MergeFn, ReporterFn
 
 
@@ -57,6 +58,8 @@ class WorkSpec:
     max_memory_per_worker: int | None = None
     #: The key of an item, to send items of one key to the same worker process.
     route: Callable[[Any], Any] | None = None
+    #: Which worker process (or Ray actor) gets each batch (see ``policies.dispatch``).
+    dispatch: Dispatch = LEAST_LOADED
     #: Makes a worker's report from its state (see ``_reports``).
     reporter: ReporterFn | None = None
     #: Merges the reports of every worker into one.
