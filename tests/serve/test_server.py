@@ -268,3 +268,24 @@ def test_the_server_leaves_no_worker(tmp_path: Path) -> None:
         pids = {post(s.url, "/run", i).json()["result"] for i in range(20)}
     assert pids and os.getpid() not in pids
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+def test_key_dispatch_sends_a_key_to_one_worker() -> None:
+    stage = spindle.cpu(jobs.whoami, workers=3, dispatch="key:user")
+    with Server(stage, port=0) as s:
+        items = [{"user": f"u{i % 5}", "i": i} for i in range(100)]
+        pids = [line["result"] for line in post(s.url, "/run", ndjson=items).lines()]
+    by_user: dict[str, set[int]] = {}
+    for item, pid in zip(items, pids, strict=True):
+        by_user.setdefault(item["user"], set()).add(pid)
+    assert all(len(p) == 1 for p in by_user.values()), by_user
+    assert len(set(pids)) > 1  # five keys over three workers use more than one
+
+
+def test_weighted_dispatch_is_honoured_through_the_server(tmp_path: Path) -> None:
+    stage = spindle.cpu(jobs.whoami, workers=2, dispatch="weighted:3,1", batch_size=1)
+    with Server(stage, port=0) as s:
+        pids = [line["result"] for line in post(s.url, "/run", ndjson=list(range(400))).lines()]
+    counts = sorted(pids.count(p) for p in set(pids))
+    assert len(counts) == 2
+    assert abs(counts[1] / 400 - 0.75) <= 0.05, counts
