@@ -13,7 +13,7 @@ import sys
 import click
 
 from .._core.pipeline import Pipeline
-from .._core.stage import parse_bytes
+from .._core.stage import Stage, parse_bytes
 from .._errors import ConfigError, SpindleError
 from .._loading import load_function
 from ..serve import Server
@@ -86,8 +86,9 @@ def serve_command(
     """
     with usage_errors():
         fn = load_function(function)
+        made = stage.make(fn)
         server = Server(
-            Pipeline([stage.make(fn)]),
+            Pipeline([made]),
             host=host,
             port=port,
             token=token,
@@ -101,7 +102,7 @@ def serve_command(
 
     def ready(s: Server) -> None:
         print(
-            f"spindle: serving {function} on {s.url} ({_workers(stage)}); Ctrl-C or SIGTERM stops",
+            f"spindle: serving {function} on {s.url} ({_describe(made)}); Ctrl-C or SIGTERM stops",
             file=sys.stderr,
             flush=True,
         )
@@ -123,9 +124,11 @@ def serve_command(
     sys.exit(code)
 
 
-def _workers(stage: StageChoice) -> str:
-    workers = stage.workers or "a worker per core"
-    return f"--kind {stage.kind}, {workers}" + (" workers" if stage.workers else "")
+def _describe(stage: Stage) -> str:
+    if stage.kind == "io":
+        return f"an event loop, {stage.concurrency} jobs at once"
+    where = "processes" if stage.kind == "cpu" else "threads"
+    return f"{stage.workers} {where}" + (f" on {stage.backend}" if stage.backend != "local" else "")
 
 
 def _size(text: str) -> int:
