@@ -203,13 +203,15 @@ class RayExecutor(Executor):
         try:
             await self._fleet.start()
         except TimeoutError:
-            await self.aclose(cancel=True)
-            raise SpindleError(
+            # The message asks the cluster its size: before closing, which may end Ray.
+            message = (
                 f"the Ray actors of stage {self.spec.name!r} did not start within "
                 f"{START_TIMEOUT:g} s: does the cluster have room for {self.workers} of them "
                 f"({cluster_cpus(self._ray)} CPUs, each actor takes one, or a share); with "
                 "several Ray stages, give them workers= that fit together"
-            ) from None
+            )
+            await self.aclose(cancel=True)
+            raise SpindleError(message) from None
         except BaseException:
             await self.aclose(cancel=True)
             raise
