@@ -310,7 +310,10 @@ def make_app(
         if job is None:
             return _error(404, "UnknownJob", f"no job {job_id!r} (unknown, or forgotten)")
         if isinstance(job, StoredJob):
-            return _json(200, {"id": job.id, "state": job.state, **(job.output or {})})
+            output = dict(job.output or {})
+            if not _traceback(request):
+                output.pop("traceback", None)
+            return _json(200, {"id": job.id, "state": job.state, **output})
         if wait > 0 and not job.finished:
             assert service.loop is not None
             waiter = Waiter(service.loop)

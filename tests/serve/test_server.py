@@ -289,3 +289,22 @@ def test_weighted_dispatch_is_honoured_through_the_server(tmp_path: Path) -> Non
     counts = sorted(pids.count(p) for p in set(pids))
     assert len(counts) == 2
     assert abs(counts[1] / 400 - 0.75) <= 0.05, counts
+
+
+def test_a_journal_keeps_answers_across_a_restart(tmp_path: Path) -> None:
+    journal = tmp_path / "serve.journal"
+    stage = spindle.cpu(jobs.behave, workers=1)
+    with Server(stage, port=0, journal=journal) as s:
+        ok = post(s.url, "/jobs", {"sleep": 0, "then": "fine"}).json()["id"]
+        bad = post(s.url, "/jobs", "raise", headers={"Idempotency-Key": "b"}).json()["id"]
+        assert get(s.url, f"/jobs/{ok}?wait=20").json()["state"] == "done"
+        assert get(s.url, f"/jobs/{bad}?wait=20").json()["state"] == "failed"
+        assert s.service.store is not None and s.service.store.commits >= 1
+    with Server(stage, port=0, journal=journal) as s:
+        assert get(s.url, f"/jobs/{ok}").json() == {"id": ok, "state": "done", "result": "fine"}
+        failed = get(s.url, f"/jobs/{bad}").json()
+        assert failed["state"] == "failed" and failed["error"] == "ValueError"
+        assert "traceback" not in failed
+        assert "asked to fail" in get(s.url, f"/jobs/{bad}?traceback=1").json()["traceback"]
+        again = post(s.url, "/jobs", "raise", headers={"Idempotency-Key": "b"})
+        assert again.json()["id"] == bad and s.service.accepted == 0
