@@ -43,6 +43,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any, Protocol
 
 from .._errors import SpindleError
@@ -144,6 +145,9 @@ class WorkerHandle:
         self.items_assigned = 0
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[tuple[str, Any]]] = {}
+        #: When the worker began its current batch (``time.monotonic()``), while it has
+        #: any; 0.0 when idle. Dispatch sends no more to a worker stuck on a long batch.
+        self.since = 0.0
         self._out: list[bytes] = []  # frames waiting for the end of this loop turn
         self._flush_due = False
         self.ready: asyncio.Future[None] | None = None
@@ -243,6 +247,8 @@ class WorkerHandle:
     def on_frame(self, op: int, ident: int, payload: bytes) -> None:
         if op == _wire.OP_RESULT or op == _wire.OP_BAD_BATCH:
             fut = self.pending.pop(ident, None)
+            # Batches run in the order sent: the next pending one starts now.
+            self.since = time.monotonic() if self.pending else 0.0
             if fut is not None and not fut.done():
                 fut.set_result(("ok" if op == _wire.OP_RESULT else "bad", payload))
             self.jobs += 1
@@ -338,6 +344,7 @@ class WorkerHandle:
             else:
                 fut.set_result(("again", None))
         self.pending.clear()
+        self.since = 0.0
         if self.progress is not None:
             self.progress.close()
         if self.ready is not None and not self.ready.done():

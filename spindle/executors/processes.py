@@ -298,10 +298,13 @@ class ProcessExecutor(Executor):
             worker = await self._pick(items)
             ident = next(self._ids)
             fut: asyncio.Future[tuple[str, Any]] = self._loop.create_future()
+            idle = not worker.pending
             worker.pending[ident] = fut
             if not worker.send(_wire.OP_BATCH, ident, payload):
                 del worker.pending[ident]
                 continue
+            if idle:
+                worker.since = time.monotonic()
             worker.items_assigned += len(items)
             if self._track and worker.timer is None:
                 self._watch(worker, self.timeout)

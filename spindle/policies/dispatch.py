@@ -6,8 +6,11 @@ command line and configuration files use too):
 * ``"least-loaded"`` (the default): the usable worker with the fewest batches sent
   and not yet answered. With a prefetch of two batches per worker this keeps every
   worker busy without a queue building up behind a slow one: a worker that is five
-  times slower simply gets about a fifth of the batches. The right choice whenever
-  the workers are interchangeable and the only aim is throughput.
+  times slower simply gets about a fifth of the batches. A worker that has been on
+  one batch longer than :data:`STUCK` (a long job among quick ones) counts as the
+  most loaded, so quick batches go to the others instead of waiting behind it. The
+  right choice whenever the workers are interchangeable: for throughput, and for
+  the latency of the quick jobs when job times vary.
 * ``"round-robin"``: the usable workers in turn, by slot, skipping those that are
   not usable (starting, being replaced, retiring). Every worker gets the same share
   whatever its speed: for work whose per-worker cost must be even (a quota or a
@@ -50,6 +53,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar
@@ -88,13 +92,39 @@ DISPATCH_FORMS = "'least-loaded', 'round-robin', 'weighted:W1,W2,...' or 'key:FI
 POLICIES: tuple[str, ...] = ("least-loaded", "round-robin", "weighted", "key")
 
 
+#: Seconds a worker may spend on one batch before it counts as stuck (see
+#: :func:`least_loaded`): twice the 20 ms that adaptive batches of quick jobs aim at,
+#: and more.
+STUCK = 0.05
+#: What being stuck adds to a worker's load: more than any number of pending batches.
+_STUCK_LOAD = 1 << 20
+
+
 def least_loaded(workers: Iterable[W]) -> W | None:
     """The usable worker with the fewest pending batches (the first of equals);
-    None when no worker is usable."""
+    None when no worker is usable.
+
+    A worker that has been on its current batch longer than :data:`STUCK` counts as
+    more loaded than any other: a batch sent to it would wait behind a long job (a
+    request of half a second among quick ones) while another worker gets through
+    several. Workers say when they began their current batch in ``since``
+    (``time.monotonic()``, 0.0 when idle); one without it is never stuck. When every
+    worker is stuck, the fewest pending batches decide, as without the rule."""
     best: W | None = None
+    best_load = 0
+    now = 0.0
     for w in workers:
-        if w.usable and (best is None or len(w.pending) < len(best.pending)):
-            best = w
+        if not w.usable:
+            continue
+        load = len(w.pending)
+        since = getattr(w, "since", 0.0)
+        if since:
+            if not now:
+                now = time.monotonic()
+            if now - since > STUCK:
+                load += _STUCK_LOAD
+        if best is None or load < best_load:
+            best, best_load = w, load
     return best
 
 

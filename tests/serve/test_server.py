@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import threading
 from collections.abc import Iterator
@@ -144,7 +145,9 @@ def test_bad_requests_are_refused_with_json_naming_the_problem(server: Server) -
     assert reply.status == 400
     assert reply.json()["error"] == "MalformedInput"
     assert "not JSON" in reply.json()["message"]
-    reply = post(server.url, "/jobs", raw=b"1\n{\n", headers={"Content-Type": "application/x-ndjson"})
+    reply = post(
+        server.url, "/jobs", raw=b"1\n{\n", headers={"Content-Type": "application/x-ndjson"}
+    )
     assert reply.status == 400 and "line 2" in reply.json()["message"]
     assert server.service.accepted == 0  # nothing of a bad batch was accepted
     missing = get(server.url, "/nowhere")
@@ -308,3 +311,27 @@ def test_a_journal_keeps_answers_across_a_restart(tmp_path: Path) -> None:
         assert "asked to fail" in get(s.url, f"/jobs/{bad}?traceback=1").json()["traceback"]
         again = post(s.url, "/jobs", "raise", headers={"Idempotency-Key": "b"})
         assert again.json()["id"] == bad and s.service.accepted == 0
+
+
+def test_quick_requests_do_not_wait_behind_a_long_one(tmp_path: Path) -> None:
+    """A worker on a long job gets no more work while another worker is free: quick
+    requests are all answered while the long one still runs (were any sent to its
+    worker, it would wait for the gate, which opens only at the end)."""
+    gate = tmp_path / "go"
+    stage = spindle.cpu(jobs.wait_for_file, workers=2)
+    with Server(stage, port=0) as s:
+        slow = post(s.url, "/jobs", {"path": str(gate), "n": -1}).json()["id"]
+        assert _wait(lambda: s.service.runner.drawn >= 1)
+        threading.Event().wait(0.2)  # the long job has now run past STUCK (50 ms)
+        # Eight at a time, so that the free worker has batches pending as well.
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            quick = list(
+                pool.map(
+                    lambda i: post(s.url, "/run", {"path": str(tmp_path), "n": i}, timeout=10),
+                    range(80),
+                )
+            )
+        assert [r.json() for r in quick] == [{"result": i} for i in range(80)]
+        assert get(s.url, f"/jobs/{slow}").json()["state"] == "running"
+        gate.touch()
+        assert get(s.url, f"/jobs/{slow}?wait=20").json()["result"] == -1
