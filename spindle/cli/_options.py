@@ -48,7 +48,8 @@ _OPTIONS = [
         "-o",
         "--output",
         required=True,
-        help="Output file (JSON lines), - for stdout, or a redis:// or postgresql:// URL.",
+        help="Output file (JSON lines), - for stdout, or a redis://, amqp://, nats:// or "
+        "postgresql:// URL.",
     ),
     option(
         "--grace",

@@ -23,8 +23,13 @@ How a committed output survives a crash (details in ``docs/journal.md`` and each
 Brokers and databases (``docs/architecture.md``, "Streams: brokers and databases"): an
 :class:`AckSource` gives :class:`Message` objects that a :class:`StreamRun` acknowledges
 only once their results are durable in the sink. Redis Streams (:class:`RedisStreamSource`,
-:class:`RedisStreamSink`; ``spindle[redis]``) and PostgreSQL (:class:`PostgresSink`,
-``spindle[postgres]``), opened from URLs with :func:`open_source` and :func:`open_sink`;
+:class:`RedisStreamSink`; ``spindle[redis]``), RabbitMQ queues (:class:`RabbitSource`,
+:class:`RabbitSink`; ``spindle[rabbitmq]``), NATS JetStream (:class:`NatsSource`,
+:class:`NatsSink`; ``spindle[nats]``) and PostgreSQL (:class:`PostgresSink`,
+``spindle[postgres]``; as a source, a query read in key order,
+:class:`PostgresQuerySource`, or a queue table, :class:`PostgresQueueSource`), opened from
+URLs with :func:`open_source` and :func:`open_sink` (:func:`acknowledges` tells the two
+kinds of source apart);
 the in-memory fake is :class:`MemoryAckSource`; a file takes a stream's results through
 :class:`DurableLines`. The clients are imported only when a connector is opened.
 
@@ -57,11 +62,18 @@ from ._lines import read_items as read_items
 from ._memory import MemorySink as MemorySink
 from ._memory import MemorySource as MemorySource
 from ._memory_ack import MemoryAckSource as MemoryAckSource
+from ._nats import NatsSink as NatsSink
+from ._nats import NatsSource as NatsSource
+from ._open import acknowledges as acknowledges
 from ._open import open_sink as open_sink
 from ._open import open_source as open_source
 from ._output import Output as Output
 from ._parquet import ParquetOutput as ParquetOutput
 from ._postgres import PostgresSink as PostgresSink
+from ._postgres_source import PostgresQuerySource as PostgresQuerySource
+from ._postgres_source import PostgresQueueSource as PostgresQueueSource
+from ._rabbitmq import RabbitSink as RabbitSink
+from ._rabbitmq import RabbitSource as RabbitSource
 from ._redis import RedisStreamSink as RedisStreamSink
 from ._redis import RedisStreamSource as RedisStreamSource
 from ._sqlite import SqliteOutput as SqliteOutput
@@ -90,12 +102,18 @@ __all__ = [
     "MemorySink",
     "MemorySource",
     "Message",
+    "NatsSink",
+    "NatsSource",
     "Output",
     "OutputCorrupt",
     "OutputError",
     "OutputExists",
     "ParquetOutput",
+    "PostgresQuerySource",
+    "PostgresQueueSource",
     "PostgresSink",
+    "RabbitSink",
+    "RabbitSource",
     "RecordWriter",
     "RedisStreamSink",
     "RedisStreamSource",
@@ -105,6 +123,7 @@ __all__ = [
     "StreamRun",
     "UnwritableRecord",
     "WriteFailed",
+    "acknowledges",
     "encode_line",
     "format_for",
     "is_url",

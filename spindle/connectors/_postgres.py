@@ -9,6 +9,7 @@
       failures ─COPY─▶ spindle_failed (temp) ─INSERT INTO t_failures ... ON CONFLICT (key)
                          DO UPDATE (the latest failure), unless t holds the key already
       keys that succeeded ─DELETE FROM t_failures (only once failures may exist)
+      messages of a queue table in this database ─UPDATE queue SET done (settled)
     COMMIT ── returns: the chunk is durable, its messages may be acknowledged ─────┘
 
 Tables, created if missing: ``<table> (key text primary key, input jsonb, result
@@ -17,6 +18,13 @@ text, traceback text, attempts integer)``. A key ends in exactly one of them: a 
 delivered again after a crash finds its key taken and changes nothing; one that failed
 before and succeeds now leaves the failures table. A table that exists with columns that do
 not fit is a one-line error naming them.
+
+Exactly once from a queue table. When a chunk's messages come from a source that can be
+settled in a transaction (the first message's ``token.transactional``, a
+:class:`Transactional`: a queue table, :mod:`._postgres_source`) and that source's
+table is in this sink's database (asked once per source), the sink marks their rows done
+in the chunk's own transaction, so a result and its row's "done" commit together; the
+source's acknowledgement then has nothing left to do (``settled`` in the sink's ``stats()``).
 
 A record PostgreSQL refuses (a ``\\u0000`` in a string, which ``jsonb`` cannot hold) would
 make the whole chunk fail at every delivery: the chunk is then written again row by row,
@@ -47,14 +55,17 @@ keeps to. The rows go as one block of COPY text (0.2 µs a row on the client, ag
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+import os
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from .._errors import ConfigError
 from .._failure import Failure
 from ._base import Message, Sink
-from ._errors import OutputError
+from ._errors import InputError, OutputError
 from ._json import JSON_OPTIONS, json_default
 from ._keys import KeyFunction, content_key, field_key, keyed
 from ._urls import Endpoint
@@ -62,7 +73,17 @@ from ._urls import Endpoint
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["PostgresSink"]
+__all__ = [
+    "PostgresSink",
+    "Transactional",
+    "connect",
+    "key_is_unique",
+    "load_psycopg",
+    "one_line",
+    "process_name",
+    "table_columns",
+    "table_identifier",
+]
 
 CONNECT_TIMEOUT = 10
 _RESULT_COLUMNS = {"key": "text", "input": "jsonb", "result": "jsonb"}
@@ -82,7 +103,8 @@ _FITS = {
 }
 
 
-def _psycopg() -> Any:
+def load_psycopg() -> Any:
+    """The psycopg module; a one-line ConfigError naming the extra when it is missing."""
     try:
         import psycopg
     except ImportError:
@@ -92,9 +114,93 @@ def _psycopg() -> Any:
     return psycopg
 
 
-def _reason(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """The first line of a client's error (PostgreSQL's own adds context lines)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def process_name() -> str:
+    """This process, for people: its host's name and its id."""
+    return f"{socket.gethostname() or 'localhost'}:{os.getpid()}"
+
+
+def connect(
+    conninfo: str,
+    name: str,
+    role: type[InputError] | type[OutputError],
+    *,
+    application_name: str | None = None,
+) -> psycopg.Connection[Any]:
+    """A connection in autocommit to ``conninfo``: one that cannot be made is a one-line
+    ``role`` error naming ``name`` (the URL without its password). Its session's
+    ``application_name`` is ``spindle HOST:PID`` unless given."""
+    pg = load_psycopg()
+    try:
+        conn: psycopg.Connection[Any] = pg.connect(
+            conninfo,
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name=application_name or f"spindle {process_name()}"[:63],
+        )
+    except pg.Error as exc:
+        raise role(f"cannot connect to {name}: {one_line(exc)}") from None
+    return conn
+
+
+def table_columns(cur: psycopg.Cursor[Any], name: str) -> dict[str, tuple[str, bool, bool]]:
+    """The columns of the table ``name`` (quoted as SQL): for each, its type, whether it
+    is NOT NULL, and whether it has a default (or is an identity or generated)."""
+    cur.execute(
+        "SELECT a.attname, format_type(a.atttypid, NULL), a.attnotnull, "
+        "a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '' "
+        "FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) "
+        "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        (name,),
+    )
+    return {r[0]: (r[1], r[2], r[3]) for r in cur.fetchall()}
+
+
+def key_is_unique(cur: psycopg.Cursor[Any], name: str) -> bool:
+    """Whether the column ``key`` of the table ``name`` is its primary key, or unique."""
+    cur.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a "
+        "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+        "WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indnkeyatts = 1 "
+        "AND i.indpred IS NULL AND a.attname = 'key')",
+        (name,),
+    )
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def table_identifier(table: str, name: str) -> list[str]:
+    """The parts of ``table`` (``name`` or ``schema.name``); a ConfigError naming the
+    URL ``name`` when it is not a table's name."""
+    parts = table.split(".")
+    if len(parts) > 2 or not all(parts):
+        raise ConfigError(f"{name}: table={table!r} is not a table name")
+    return parts
+
+
+class Transactional(Protocol):
+    """A source whose messages a :class:`PostgresSink` settles in its own transaction.
+
+    The sink looks for it on the first message's token (``token.transactional``): when
+    the source's rows live in the sink's database, the sink calls :meth:`settle` inside
+    the transaction that writes the chunk's results, so a result and its row's "done"
+    commit together, and the source's ``ack`` finds nothing left to do (see
+    :mod:`._postgres_source`).
+    """
+
+    def same_database(self, cursor: psycopg.Cursor[Any]) -> bool:
+        """Whether ``cursor``'s connection is to the database the source reads."""
+        ...
+
+    def settle(self, cursor: psycopg.Cursor[Any], tokens: list[Any]) -> None:
+        """Mark the messages of ``tokens`` done through ``cursor``, inside the caller's
+        open transaction."""
+        ...
 
 
 def _scrubbed(record: tuple[str, str, str, str, str, int]) -> tuple[str, str, str, str, str, int]:
@@ -153,7 +259,7 @@ class PostgresSink(Sink):
         key: KeyFunction = content_key,
         name: str = "",
     ) -> None:
-        self._pg = pg = _psycopg()
+        self._pg = load_psycopg()
         self.name = name or f"postgresql table {table}"
         self.table = table
         self._key = key
@@ -161,15 +267,11 @@ class PostgresSink(Sink):
         self.failed = 0
         #: Results whose key was in the table already (delivered again).
         self.duplicates = 0
-        try:
-            self.conn: psycopg.Connection[Any] = pg.connect(
-                conninfo,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT,
-                application_name="spindle",
-            )
-        except pg.Error as exc:
-            raise OutputError(f"cannot connect to {self.name}: {_reason(exc)}") from None
+        #: Results whose rows the source's table marked done in the same transaction.
+        self.settled = 0
+        #: Whether each transactional source met reads this database (asked once each).
+        self._same: dict[Transactional, bool] = {}
+        self.conn = connect(conninfo, self.name, OutputError)
         try:
             self._prepare()
         except BaseException:
@@ -191,9 +293,7 @@ class PostgresSink(Sink):
 
     def _prepare(self) -> None:
         sql = self._pg.sql
-        parts = self.table.split(".")
-        if len(parts) > 2 or not all(parts):
-            raise ConfigError(f"{self.name}: table={self.table!r} is not a table name")
+        parts = table_identifier(self.table, self.name)
         failures = [*parts[:-1], parts[-1] + "_failures"]
         self._t = sql.Identifier(*parts)
         self._f = sql.Identifier(*failures)
@@ -214,7 +314,7 @@ class PostgresSink(Sink):
                 row = cur.fetchone()
                 self._failures_may_exist = bool(row and row[0])
         except self._pg.Error as exc:
-            raise OutputError(f"{self.name}: {_reason(exc)}") from None
+            raise OutputError(f"{self.name}: {one_line(exc)}") from None
         t, f = self._t, self._f
         self._insert_rows = sql.SQL(
             "INSERT INTO {} (key, input, result) SELECT key, input, result FROM spindle_rows "
@@ -259,23 +359,8 @@ class PostgresSink(Sink):
                         sql.SQL("CREATE TABLE IF NOT EXISTS {} (" + spec + ")").format(table)
                     )
                 return
-            cur.execute(
-                "SELECT a.attname, format_type(a.atttypid, NULL), a.attnotnull, "
-                "a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '' "
-                "FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) "
-                "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                (name,),
-            )
-            found = {r[0]: (r[1], r[2], r[3]) for r in cur.fetchall()}
-            cur.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a "
-                "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-                "WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indnkeyatts = 1 "
-                "AND i.indpred IS NULL AND a.attname = 'key')",
-                (name,),
-            )
-            row = cur.fetchone()
-            unique = bool(row and row[0])
+            found = table_columns(cur, name)
+            unique = key_is_unique(cur, name)
         problems = []
         for column, kind in columns.items():
             if column not in found:
@@ -329,31 +414,54 @@ class PostgresSink(Sink):
             )
         pg = self._pg
         try:
+            settle = self._settler(inputs)
             try:
                 direct = self._direct and not again
                 try:
-                    inserted = self._transaction(rows, failed, direct)
+                    inserted = self._transaction(rows, failed, direct, settle)
                 except pg.errors.UniqueViolation:
                     if not direct:
                         raise
                     self._direct = False  # keys here already: the safe way from now on
-                    inserted = self._transaction(rows, failed, False)
+                    inserted = self._transaction(rows, failed, False, settle)
             except pg.DataError:
-                inserted = self._transaction_row_by_row(rows, failed)
+                inserted = self._transaction_row_by_row(rows, failed, settle)
         except pg.Error as exc:
-            raise OutputError(f"cannot write to {self.name}: {_reason(exc)}") from None
+            raise OutputError(f"cannot write to {self.name}: {one_line(exc)}") from None
         self.duplicates += len(rows) - inserted
         self.written += len(rows)
         self.failed += len(failed)
+        if settle is not None:
+            self.settled += len(inputs)
+
+    def _settler(self, inputs: list[Any]) -> Callable[[Any], None] | None:
+        """What settles a stream run's messages inside the chunk's transaction, when
+        their source is :class:`Transactional` and reads this database; else None (the
+        run acknowledges them after the commit)."""
+        if not inputs or type(inputs[0]) is not Message:
+            return None
+        source: Transactional | None = getattr(inputs[0].token, "transactional", None)
+        if source is None:
+            return None
+        same = self._same.get(source)
+        if same is None:
+            with self.conn.cursor() as cur:
+                same = self._same[source] = source.same_database(cur)
+        if not same:
+            return None
+        tokens = [m.token for m in inputs]
+        return lambda cur: source.settle(cur, tokens)
 
     def _transaction(
         self,
         rows: list[tuple[str, str, str]],
         failed: list[tuple[str, str, str, str, str, int]],
         direct: bool,
+        settle: Callable[[Any], None] | None = None,
     ) -> int:
-        """Write the chunk in one transaction (``direct``: COPY into the table); return
-        how many results were new."""
+        """Write the chunk in one transaction (``direct``: COPY into the table), the
+        source's rows settled in it when ``settle`` is given; return how many results
+        were new."""
         inserted = 0
         with self.conn.transaction(), self.conn.cursor() as cur:
             if rows:
@@ -375,10 +483,15 @@ class PostgresSink(Sink):
                         copy.write_row(record)
                 cur.execute(self._insert_failed)
                 self._failures_may_exist = True
+            if settle is not None:
+                settle(cur)
         return inserted
 
     def _transaction_row_by_row(
-        self, rows: list[tuple[str, str, str]], failed: list[tuple[str, str, str, str, str, int]]
+        self,
+        rows: list[tuple[str, str, str]],
+        failed: list[tuple[str, str, str, str, str, int]],
+        settle: Callable[[Any], None] | None = None,
     ) -> int:
         """The chunk again, a row per savepoint: a row PostgreSQL refuses becomes a
         failure in its place, and a failure it refuses is kept with its input as text."""
@@ -392,7 +505,7 @@ class PostgresSink(Sink):
                         cur.execute(self._insert_row, (key, item, result))
                         inserted += cur.rowcount
                 except pg.DataError as exc:
-                    message = f"PostgreSQL refused the record: {_reason(exc)}"
+                    message = f"PostgreSQL refused the record: {one_line(exc)}"
                     failed.append((key, item, "Unwritable", message, "", 1))
                     self.written -= 1  # counted as a failure instead
                     self.failed += 1
@@ -407,10 +520,12 @@ class PostgresSink(Sink):
                         cur.execute(self._insert_one_failed, _scrubbed(record))
             cur.execute(self._insert_failed)
             self._failures_may_exist = True
+            if settle is not None:
+                settle(cur)
         return inserted
 
     def stats(self) -> dict[str, Any]:
-        return {"duplicates": self.duplicates}
+        return {"duplicates": self.duplicates, "settled": self.settled}
 
     def close(self) -> None:
         self.conn.close()

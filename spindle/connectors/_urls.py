@@ -2,9 +2,14 @@
 
 ::
 
-    redis://HOST:PORT/DB?stream=NAME&group=NAME[&consumer=NAME&claim_idle=S]   a source
-    redis://HOST:PORT/DB?stream=NAME[&maxlen=N]                                 a sink
+    redis://HOST:PORT/DB?stream=NAME&group=NAME[&consumer=NAME&claim_idle=S&reconnect=S]  a source
+    redis://HOST:PORT/DB?stream=NAME[&maxlen=N&reconnect=S]                     a sink
     postgresql://HOST:PORT/DB?table=NAME                                        a sink
+    postgresql://HOST:PORT/DB?query=SQL&key=COLUMN[&page=N]                     a source
+    postgresql://HOST:PORT/DB?table=NAME[&consumer=NAME&lease=S]                a source
+    amqp://USER:PASS@HOST:PORT/VHOST?queue=NAME (or amqps://)                   a source, a sink
+    nats://HOST:PORT?stream=NAME&durable=NAME[&subject=S&ack_wait=S&max_deliver=N]  a source
+    nats://HOST:PORT?subject=NAME[&stream=NAME]                                 a sink
 
 spindle's own parameters are taken out of the query; the rest of the URL (host, port,
 database, user, password, the client's own parameters) goes to the client as it is.
@@ -28,13 +33,21 @@ SCHEMES = {
     "rediss": "redis",
     "postgresql": "postgres",
     "postgres": "postgres",
+    "amqp": "rabbitmq",
+    "amqps": "rabbitmq",
+    "nats": "nats",
 }
 
 #: spindle's parameters in each kind's URLs, by role.
 PARAMETERS = {
-    ("redis", "source"): ("stream", "group", "consumer", "claim_idle"),
-    ("redis", "sink"): ("stream", "maxlen"),
+    ("redis", "source"): ("stream", "group", "consumer", "claim_idle", "reconnect"),
+    ("redis", "sink"): ("stream", "maxlen", "reconnect"),
     ("postgres", "sink"): ("table",),
+    ("postgres", "source"): ("query", "key", "page", "table", "consumer", "lease"),
+    ("rabbitmq", "source"): ("queue",),
+    ("rabbitmq", "sink"): ("queue",),
+    ("nats", "source"): ("stream", "subject", "durable", "ack_wait", "max_deliver"),
+    ("nats", "sink"): ("stream", "subject"),
 }
 
 

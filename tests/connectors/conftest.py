@@ -1,4 +1,5 @@
-"""Fixtures of the broker and database tests: the local Redis and PostgreSQL servers.
+"""Fixtures of the broker and database tests: the local Redis, RabbitMQ, NATS and PostgreSQL
+servers.
 
 A test that needs a server it cannot reach (or a client library that is not installed)
 is skipped with the reason and the command that starts the server; it never waits long:
@@ -13,7 +14,20 @@ from typing import Any
 
 import pytest
 
-from ._servers import POSTGRES_URL, REDIS_URL, START_POSTGRES, START_REDIS, unique
+from ._servers import (
+    NATS_URL,
+    POSTGRES_URL,
+    RABBITMQ_URL,
+    REDIS_URL,
+    START_NATS,
+    START_POSTGRES,
+    START_RABBITMQ,
+    START_REDIS,
+    delete_queues,
+    on_nats,
+    on_rabbit,
+    unique,
+)
 
 
 @pytest.fixture
@@ -56,3 +70,62 @@ def table(pg: Any) -> Iterator[str]:
     name = unique("table")
     yield name
     pg.execute(f"DROP TABLE IF EXISTS {name}, {name}_failures")
+
+
+@pytest.fixture
+def rabbit() -> str:
+    """The URL of the local RabbitMQ server; skipped when it or aio-pika is absent."""
+    pytest.importorskip("aio_pika", reason="the aio-pika client is not installed")
+    import aiormq
+
+    async def nothing(channel: Any) -> None:
+        return None
+
+    try:
+        on_rabbit(nothing, timeout=2)
+    except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
+        pytest.skip(f"no RabbitMQ server at {RABBITMQ_URL} ({exc}); start it: {START_RABBITMQ}")
+    return RABBITMQ_URL
+
+
+@pytest.fixture
+def rabbit_queue(rabbit: str) -> Iterator[str]:
+    """A queue name of this test's own; the queue and its failures queue go afterwards."""
+    name = unique("queue")
+    yield name
+    delete_queues(name, f"{name}.failures")
+
+
+@pytest.fixture
+def nats() -> str:
+    """The URL of the local NATS server with JetStream; skipped when it or nats-py is absent."""
+    pytest.importorskip("nats", reason="the nats-py client is not installed")
+    import nats as client
+
+    async def account(js: Any) -> Any:
+        return await js.account_info()
+
+    try:
+        on_nats(account, timeout=2)
+    except (OSError, TimeoutError, client.errors.Error) as exc:
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        pytest.skip(f"no NATS server with JetStream at {NATS_URL} ({why}); start it: {START_NATS}")
+    return NATS_URL
+
+
+@pytest.fixture
+def nats_stream(nats: str) -> Iterator[str]:
+    """A JetStream stream name of this test's own (also its subject and its durable's
+    prefix); the stream and ``<name>_out`` go afterwards."""
+    name = unique("stream")
+    yield name
+
+    async def delete(js: Any) -> None:
+        for stream in (name, f"{name}_out"):
+            try:
+                await js.delete_stream(stream)
+            except Exception as exc:
+                if "not found" not in str(exc).lower() and type(exc).__name__ != "NotFoundError":
+                    raise
+
+    on_nats(delete)

@@ -260,7 +260,10 @@ def test_a_file_into_postgres_by_key_twice_writes_each_key_once(
             ["in.txt", "-o", "postgresql://u:pw@127.0.0.1:1/test?table=t"],
             "cannot connect to postgresql://u:***@127.0.0.1:1/test",
         ),
-        (["in.txt", "-o", "out.jsonl", "--drain"], "--drain applies to a broker INPUT"),
+        (
+            ["in.txt", "-o", "out.jsonl", "--drain"],
+            "--drain applies to a broker or queue-table INPUT",
+        ),
         (
             ["redis://127.0.0.1:1/0?stream=s&group=g", "-o", "o.jsonl", "--journal", "j.db"],
             "leave out --journal",

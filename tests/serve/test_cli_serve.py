@@ -106,9 +106,9 @@ def test_a_sigkilled_server_restarted_with_its_journal_answers_every_id_once(
     first = Cli(*args)
     clis.append(first)
     # 20 quick jobs that finish before the kill, then 30 that wait for the gate.
-    quick = post(
-        first.url, "/jobs", ndjson=[{"n": n, "log": str(log)} for n in range(20)]
-    ).json()["ids"]
+    quick = post(first.url, "/jobs", ndjson=[{"n": n, "log": str(log)} for n in range(20)]).json()[
+        "ids"
+    ]
     for job_id in quick:
         assert get(first.url, f"/jobs/{job_id}?wait=20").json()["state"] == "done"
     slow = [
@@ -152,8 +152,15 @@ def test_a_flood_past_max_queue_gets_429_and_memory_stays_flat(
 ) -> None:
     gate = tmp_path / "never"
     cli = Cli(
-        "tests.serve.jobs:wait_for_file", "--workers", "1", "--batch-size", "1",
-        "--max-queue", "50", "--grace", "0",
+        "tests.serve.jobs:wait_for_file",
+        "--workers",
+        "1",
+        "--batch-size",
+        "1",
+        "--max-queue",
+        "50",
+        "--grace",
+        "0",
     )
     clis.append(cli)
     server = psutil.Process(cli.proc.pid)
