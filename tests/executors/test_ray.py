@@ -131,15 +131,19 @@ class ProcessFaultOnRayBehaviour(ProcessFaultBehaviour):
         for i in failed:
             assert got[i].error == "WorkerCrashed" and "Ray actor" in got[i].message
             assert "died" in got[i].message
+        # Ray can tell of an actor's death before the answer of a batch that actor had
+        # finished just before: the driver then takes that batch for the one that was
+        # running. Rarely (about one run in eight here) a batch-mate fails too, or item 5
+        # runs once more on a third actor. Item 5 always fails, alone or nearly.
         if self.calls_share_a_worker:
             assert 5 in failed and len(failed) <= self.options["concurrency"]
         else:
-            assert failed == {5}
+            assert 5 in failed and len(failed) <= 2
         assert [g for i, g in enumerate(got) if i not in failed] == [
             x for x in range(40) if x not in failed
         ]
         [stats] = results.stats()
-        assert stats.restarts == 2
+        assert 2 <= stats.restarts <= 3
         assert (stats.done, stats.failed) == (40 - len(failed), len(failed))
 
 
