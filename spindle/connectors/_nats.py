@@ -112,9 +112,10 @@ import xxhash
 from .._errors import ConfigError
 from .._failure import Failure
 from ._base import AckSource, Message, Sink
+from ._bodies import decode_body, failure_body, keyed_body
 from ._errors import InputError, OutputError
 from ._json import JSON_OPTIONS, json_default
-from ._keys import KeyFunction, MissingKey, content_key, field_key, keyed
+from ._keys import KeyFunction, content_key, field_key, keyed
 from ._loop_thread import LoopThread
 from ._urls import PARAMETERS, Endpoint
 
@@ -525,29 +526,12 @@ class NatsSource(AckSource):
 
     def _messages(self, entries: list[tuple[str | None, bytes | None, int, int]]) -> list[Message]:
         out: list[Message] = []
-        loads = orjson.loads
         stream = self.stream
         for token, raw, seq, deliveries in entries:
             mid = f"{stream}:{seq}"
             body: Any
-            if raw is None:
-                body = None
-            elif self._json:
-                try:
-                    body = loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    body = _malformed(raw, mid, f"not valid JSON ({exc})")
-            else:
-                try:
-                    body = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    body = _malformed(raw, mid, f"not valid UTF-8 ({exc})")
-            key = mid
-            if self._key is not None and type(body) is not Failure:
-                try:
-                    key = self._key(body)
-                except MissingKey as exc:
-                    body = Failure(body, "MissingKey", f"message {mid}: {exc}", "", 0, "input")
+            body = None if raw is None else decode_body(raw, mid, self._json)
+            body, key = keyed_body(body, mid, self._key)
             if token is None:  # given up by the server (max_deliver)
                 item = body.item if type(body) is Failure else body
                 body = Failure(
@@ -884,12 +868,6 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-def _malformed(raw: bytes, mid: str, why: str) -> Failure:
-    return Failure(
-        raw.decode("utf-8", "replace"), "MalformedInput", f"message {mid}: {why}", "", 0, "input"
-    )
-
-
 class NatsSink(Sink):
     """Publishes each result to ``subject`` and each failure to ``<subject>.failures``
     with JetStream acknowledgements (see the module docstring). ``stream``: the stream
@@ -1010,7 +988,7 @@ class NatsSink(Sink):
                     written += 1
                     continue
             records.append(
-                (self.failures_subject, _failure_record(key, item, value), _msg_id(key, "failure:"))
+                (self.failures_subject, failure_body(key, item, value), _msg_id(key, "failure:"))
             )
             failed += 1
         try:
@@ -1140,19 +1118,3 @@ def _msg_id(key: str, prefix: str = "") -> str:
     if not key.isprintable():
         key = "xxh3:" + xxhash.xxh3_128_hexdigest(key.encode("utf-8", "surrogatepass"))
     return prefix + key
-
-
-def _failure_record(key: str, item: Any, failure: Failure) -> bytes:
-    record = {
-        "key": key,
-        "input": item,
-        "error": failure.error,
-        "message": failure.message,
-        "traceback": failure.traceback,
-        "attempts": failure.attempts,
-    }
-    try:
-        return orjson.dumps(record, default=json_default, option=JSON_OPTIONS)
-    except TypeError:
-        record["input"] = repr(item)
-        return orjson.dumps(record)

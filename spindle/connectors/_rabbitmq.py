@@ -92,9 +92,10 @@ import xxhash
 from .._errors import ConfigError, SpindleError
 from .._failure import Failure
 from ._base import AckSource, Message, Sink
+from ._bodies import decode_body, failure_body, keyed_body
 from ._errors import InputError, OutputError
 from ._json import JSON_OPTIONS, json_default
-from ._keys import KeyFunction, MissingKey, content_key, field_key, keyed
+from ._keys import KeyFunction, content_key, field_key, keyed
 from ._loop_thread import LoopThread
 from ._urls import Endpoint, redact
 
@@ -649,27 +650,11 @@ class RabbitSource(AckSource):
 
     def _messages(self, generation: int, raw: list[_Delivery]) -> list[Message]:
         out: list[Message] = []
-        loads = orjson.loads
         digest = xxhash.xxh3_128_hexdigest
         for data, message_id, tag, redelivered in raw:
             mid = message_id or digest(data)
-            body: Any
-            if self._json:
-                try:
-                    body = loads(data)
-                except orjson.JSONDecodeError as exc:
-                    body = _malformed(data, mid, f"not valid JSON ({exc})")
-            else:
-                try:
-                    body = data.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    body = _malformed(data, mid, f"not valid UTF-8 ({exc})")
-            key = mid
-            if self._key is not None and type(body) is not Failure:
-                try:
-                    key = self._key(body)
-                except MissingKey as exc:
-                    body = Failure(body, "MissingKey", f"message {mid}: {exc}", "", 0, "input")
+            body = decode_body(data, mid, self._json)
+            body, key = keyed_body(body, mid, self._key)
             if redelivered:
                 self.redelivered += 1
             out.append(Message(body, key, (generation, tag), redelivered))
@@ -713,12 +698,6 @@ class RabbitSource(AckSource):
         """Close the connection: what was delivered and not acknowledged goes back to
         the queue. A drain :meth:`read` waiting meanwhile returns an empty list."""
         self._link.close()
-
-
-def _malformed(raw: bytes, mid: str, why: str) -> Failure:
-    return Failure(
-        raw.decode("utf-8", "replace"), "MalformedInput", f"message {mid}: {why}", "", 0, "input"
-    )
 
 
 #: A message for the sink to publish: queue, body, message_id.
@@ -805,7 +784,7 @@ class RabbitSink(Sink):
                     records.append((self.queue, data, key))
                     written += 1
                     continue
-            records.append((self.failures_queue, _failure_body(key, item, value), key))
+            records.append((self.failures_queue, failure_body(key, item, value), key))
             failed += 1
         self._link.call(self._send(records))
         self.written += written
@@ -929,19 +908,3 @@ async def _settled(channel: Any, tasks: list[asyncio.Task[Any]]) -> None:
         for task in tasks:
             task.cancel()
         await everything
-
-
-def _failure_body(key: str, item: Any, failure: Failure) -> bytes:
-    record = {
-        "key": key,
-        "input": item,
-        "error": failure.error,
-        "message": failure.message,
-        "traceback": failure.traceback,
-        "attempts": failure.attempts,
-    }
-    try:
-        return orjson.dumps(record, default=json_default, option=JSON_OPTIONS)
-    except TypeError:
-        record["input"] = repr(item)
-        return orjson.dumps(record)

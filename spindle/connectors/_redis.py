@@ -117,9 +117,10 @@ import orjson
 from .._errors import ConfigError
 from .._failure import Failure
 from ._base import AckSource, Message, Sink
+from ._bodies import decode_body, keyed_body
 from ._errors import InputError, OutputError
 from ._json import JSON_OPTIONS, json_default
-from ._keys import KeyFunction, MissingKey, content_key, field_key, keyed
+from ._keys import KeyFunction, content_key, field_key, keyed
 from ._urls import Endpoint
 
 if TYPE_CHECKING:
@@ -537,7 +538,6 @@ class RedisStreamSource(AckSource):
         pending (no fields) is acknowledged at once: there is nothing to run."""
         out: list[Message] = []
         gone: list[bytes] = []
-        loads = orjson.loads
         for entry_id, fields in entries:
             if not fields:  # an entry has at least one field: this one was deleted
                 gone.append(entry_id)
@@ -554,22 +554,9 @@ class RedisStreamSource(AckSource):
             body: Any
             if raw is None:
                 body = {_text(k): _text(v) for k, v in fields.items()}
-            elif self._json:
-                try:
-                    body = loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    body = _malformed(raw, mid, f"not valid JSON ({exc})")
             else:
-                try:
-                    body = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    body = _malformed(raw, mid, f"not valid UTF-8 ({exc})")
-            key = mid
-            if self._key is not None and type(body) is not Failure:
-                try:
-                    key = self._key(body)
-                except MissingKey as exc:
-                    body = Failure(body, "MissingKey", f"message {mid}: {exc}", "", 0, "input")
+                body = decode_body(raw, mid, self._json)
+            body, key = keyed_body(body, mid, self._key)
             out.append(Message(body, key, entry_id, redelivered))
         if gone:
             self.deleted += len(gone)
@@ -632,12 +619,6 @@ class RedisStreamSource(AckSource):
 
 def _as_sent(reply: Any, **options: Any) -> Any:
     return reply
-
-
-def _malformed(raw: bytes, mid: str, why: str) -> Failure:
-    return Failure(
-        raw.decode("utf-8", "replace"), "MalformedInput", f"message {mid}: {why}", "", 0, "input"
-    )
 
 
 class RedisStreamSink(Sink):
