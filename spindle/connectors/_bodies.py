@@ -17,7 +17,7 @@ from .._failure import Failure
 from ._json import JSON_OPTIONS, json_default
 from ._keys import KeyFunction, MissingKey
 
-__all__ = ["decode_body", "failure_body", "keyed_body", "malformed"]
+__all__ = ["decode_body", "encode_result", "failure_body", "keyed_body", "malformed"]
 
 
 def malformed(raw: bytes, mid: str, why: str) -> Failure:
@@ -69,3 +69,14 @@ def failure_body(key: str, item: Any, failure: Failure) -> bytes:
     except TypeError:
         record["input"] = repr(item)
         return orjson.dumps(record)
+
+
+def encode_result(item: Any, value: Any) -> bytes | Failure:
+    """The result ``value`` of ``item`` as the JSON a broker sink publishes, or, when
+    JSON cannot carry it, the ``Unserializable`` failure to write in its place."""
+    try:
+        return orjson.dumps(value, default=json_default, option=JSON_OPTIONS)
+    except TypeError as exc:
+        return Failure(
+            item, "Unserializable", f"the result cannot be written as JSON ({exc})", "", 1, "output"
+        )

@@ -112,9 +112,8 @@ import xxhash
 from .._errors import ConfigError
 from .._failure import Failure
 from ._base import AckSource, Message, Sink
-from ._bodies import decode_body, failure_body, keyed_body
+from ._bodies import decode_body, encode_result, failure_body, keyed_body
 from ._errors import InputError, OutputError
-from ._json import JSON_OPTIONS, json_default
 from ._keys import KeyFunction, content_key, field_key, keyed
 from ._loop_thread import LoopThread
 from ._urls import PARAMETERS, Endpoint
@@ -972,21 +971,12 @@ class NatsSink(Sink):
         written = failed = 0
         for key, item, value in zip(keys, items, values, strict=True):
             if type(value) is not Failure:
-                try:
-                    data = orjson.dumps(value, default=json_default, option=JSON_OPTIONS)
-                except TypeError as exc:
-                    value = Failure(
-                        item,
-                        "Unserializable",
-                        f"the result cannot be written as JSON ({exc})",
-                        "",
-                        1,
-                        "output",
-                    )
-                else:
+                data = encode_result(item, value)
+                if type(data) is bytes:
                     records.append((self.subject, data, _msg_id(key)))
                     written += 1
                     continue
+                value = data
             records.append(
                 (self.failures_subject, failure_body(key, item, value), _msg_id(key, "failure:"))
             )

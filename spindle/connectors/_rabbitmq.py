@@ -86,15 +86,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
 import xxhash
 
 from .._errors import ConfigError, SpindleError
 from .._failure import Failure
 from ._base import AckSource, Message, Sink
-from ._bodies import decode_body, failure_body, keyed_body
+from ._bodies import decode_body, encode_result, failure_body, keyed_body
 from ._errors import InputError, OutputError
-from ._json import JSON_OPTIONS, json_default
 from ._keys import KeyFunction, content_key, field_key, keyed
 from ._loop_thread import LoopThread
 from ._urls import Endpoint, redact
@@ -769,21 +767,12 @@ class RabbitSink(Sink):
         written = failed = 0
         for key, item, value in zip(keys, items, values, strict=True):
             if type(value) is not Failure:
-                try:
-                    data = orjson.dumps(value, default=json_default, option=JSON_OPTIONS)
-                except TypeError as exc:
-                    value = Failure(
-                        item,
-                        "Unserializable",
-                        f"the result cannot be written as JSON ({exc})",
-                        "",
-                        1,
-                        "output",
-                    )
-                else:
+                data = encode_result(item, value)
+                if type(data) is bytes:
                     records.append((self.queue, data, key))
                     written += 1
                     continue
+                value = data
             records.append((self.failures_queue, failure_body(key, item, value), key))
             failed += 1
         self._link.call(self._send(records))

@@ -117,7 +117,7 @@ import orjson
 from .._errors import ConfigError
 from .._failure import Failure
 from ._base import AckSource, Message, Sink
-from ._bodies import decode_body, keyed_body
+from ._bodies import decode_body, encode_result, keyed_body
 from ._errors import InputError, OutputError
 from ._json import JSON_OPTIONS, json_default
 from ._keys import KeyFunction, content_key, field_key, keyed
@@ -677,21 +677,12 @@ class RedisStreamSink(Sink):
         written = failed = 0
         for key, item, value in zip(keys, items, values, strict=True):
             if type(value) is not Failure:
-                try:
-                    data = orjson.dumps(value, default=json_default, option=JSON_OPTIONS)
-                except TypeError as exc:
-                    value = Failure(
-                        item,
-                        "Unserializable",
-                        f"the result cannot be written as JSON ({exc})",
-                        "",
-                        1,
-                        "output",
-                    )
-                else:
+                data = encode_result(item, value)
+                if type(data) is bytes:
                     entries.append((self.stream, {"key": key, "data": data}))
                     written += 1
                     continue
+                value = data
             entries.append((self.failures_stream, _failure_fields(key, item, value)))
             failed += 1
         try:
