@@ -239,10 +239,10 @@ def make_app(
                 out: list[bytes] = []
                 while order:
                     head = order[0]
-                    if type(head) is bytes:
+                    if isinstance(head, bytes):
                         out.append(head)
-                    elif head.finished:  # type: ignore[union-attr]
-                        out.append(encode_outcome(head.value, tb)[1])  # type: ignore[union-attr]
+                    elif head.finished:
+                        out.append(encode_outcome(head.value, tb)[1])
                     else:
                         break
                     order.popleft()

@@ -207,26 +207,26 @@ class Service:
             idems: list[str | None] = [idem]
         else:
             idems = [None if idem is None else f"{idem}#{i}" for i in range(len(items))]
-        jobs = [Job(item, None, new_id(), k) for item, k in zip(items, idems, strict=True)]
-        ids = [j.id for j in jobs]
-        if idem is not None:
-            self._remember_idem(idem, ids)  # type: ignore[arg-type]
-        for job in jobs:
-            self.jobs[job.id] = job  # type: ignore[index]
+        ids = [new_id() for _ in items]
+        jobs = [Job(item, None, i, k) for item, i, k in zip(items, ids, idems, strict=True)]
+        if idem is not None:  # before the commit: a repeat meanwhile gets these ids
+            self._remember_idem(idem, ids)
+        for job_id, job in zip(ids, jobs, strict=True):
+            self.jobs[job_id] = job
         if self.store is not None:
             assert self.loop is not None
             try:
                 await self.store.accept(jobs, self.loop)
             except BaseException:
-                for job in jobs:
-                    self.jobs.pop(job.id, None)  # type: ignore[arg-type]
+                for job_id in ids:
+                    self.jobs.pop(job_id, None)
                 if idem is not None:
                     self.idem.pop(idem, None)
                 self.release(len(jobs))
                 raise
         self.accepted += len(jobs)
         self.runner.submit(jobs)
-        return ids, True  # type: ignore[return-value]
+        return ids, True
 
     def _remember_idem(self, idem: str, ids: list[str]) -> None:
         self.idem[idem] = ids
@@ -279,10 +279,10 @@ class Service:
         if kept:
             if self.store is not None:
                 self.store.finish(kept)
-            ids = self._finished_ids
-            ids.extend(j.id for j in kept)  # type: ignore[misc]
-            while len(ids) > self.keep:
-                self.jobs.pop(ids.popleft(), None)
+            finished = self._finished_ids
+            finished.extend(j.id for j in kept if j.id is not None)
+            while len(finished) > self.keep:
+                self.jobs.pop(finished.popleft(), None)
         self._wake_room()
 
     def stats(self) -> dict[str, Any]:
