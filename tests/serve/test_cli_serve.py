@@ -234,3 +234,14 @@ def _until(predicate: Any, timeout: float = 30.0) -> bool:
             pass
         event.wait(0.01)
     return False
+
+
+def test_ctrl_c_to_the_whole_group_exits_0_and_leaves_no_worker(clis: list[Cli]) -> None:
+    cli = Cli("tests.serve.jobs:whoami", "--workers", "2")
+    clis.append(cli)
+    pids = {post(cli.url, "/run", i).json()["result"] for i in range(20)}
+    os.killpg(cli.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    assert cli.proc.wait(60) == 0
+    assert "stopped:" in cli.rest()
+    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert not alive
