@@ -127,8 +127,10 @@ def serve_command(
 def _describe(stage: Stage) -> str:
     if stage.kind == "io":
         return f"an event loop, {stage.concurrency} jobs at once"
-    where = "processes" if stage.kind == "cpu" else "threads"
-    return f"{stage.workers} {where}" + (f" on {stage.backend}" if stage.backend != "local" else "")
+    where = "process" if stage.kind == "cpu" else "thread"
+    plural = "" if stage.workers == 1 else "es" if stage.kind == "cpu" else "s"
+    on = f" on {stage.backend}" if stage.backend != "local" else ""
+    return f"{stage.workers} {where}{plural}{on}"
 
 
 def _size(text: str) -> int:
