@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from ._cli import spindle_map
 from ._servers import postgres_url, redis_url
 
 JOB = """
@@ -40,16 +41,6 @@ def shout(text):
 def work(tmp_path: Path) -> Path:
     (tmp_path / "jobs.py").write_text(JOB)
     return tmp_path
-
-
-def spindle(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "spindle", "map", *args, "--workers", "2", "-q"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def add(client: Any, stream: str, bodies: list[Any]) -> None:
@@ -108,7 +99,7 @@ def test_redis_to_postgres_drained(
     n = 3000
     add(redis_client, stream, [{"n": i} for i in range(n)])
     add(redis_client, stream, [b"{not json", {"n": -1, "poison": True}])
-    done = spindle(
+    done = spindle_map(
         "jobs:work", redis_url(stream, group="g"), "-o", postgres_url(table), "--drain", cwd=work
     )
     assert done.returncode == 1, done.stderr  # two failures
@@ -142,7 +133,7 @@ def test_killed_mid_stream_then_run_again_writes_each_message_once(
     assert before["pending"] > 0 and count(pg, table) < n  # killed in the middle
     if again_as == "another consumer":  # a consumer of another host takes them over
         source = redis_url(stream, group="g", consumer="second", claim_idle="0")
-    again = spindle("jobs:work", source, "-o", postgres_url(table), "--drain", cwd=work)
+    again = spindle_map("jobs:work", source, "-o", postgres_url(table), "--drain", cwd=work)
     assert again.returncode == 0, again.stderr
     assert count(pg, table) == n
     assert pg.execute(f"SELECT count(DISTINCT result) FROM {table}").fetchone()[0] == n
@@ -176,7 +167,7 @@ def test_ctrl_c_acknowledges_what_is_durable_and_leaves_the_rest(
     # Every committed row was acknowledged, and nothing else: read = acknowledged + pending.
     assert rows == state["read"] - state["pending"] and rows > 1000
     assert state["pending"] > 0 and state["lag"] > 0  # left for a later run
-    again = spindle(
+    again = spindle_map(
         "jobs:work", redis_url(stream, group="g"), "-o", postgres_url(table), "--drain", cwd=work
     )
     assert again.returncode == 0, again.stderr
@@ -188,7 +179,7 @@ def test_a_stream_into_a_file_and_a_file_into_a_stream(
     work: Path, redis_client: Any, stream: str
 ) -> None:
     add(redis_client, stream, ["a", "b", "c"])
-    first = spindle(
+    first = spindle_map(
         "jobs:shout",
         redis_url(stream, group="g"),
         "--format",
@@ -202,7 +193,7 @@ def test_a_stream_into_a_file_and_a_file_into_a_stream(
     lines = [json.loads(x) for x in (work / "out.jsonl").read_text().splitlines()]
     assert lines == [{"input": f'"{c}"', "result": f'"{c.upper()}"'} for c in "abc"]
     add(redis_client, stream, ["d"])
-    second = spindle(
+    second = spindle_map(
         "jobs:shout",
         redis_url(stream, group="g"),
         "--format",
@@ -217,7 +208,7 @@ def test_a_stream_into_a_file_and_a_file_into_a_stream(
     out = f"{stream}-out"
     try:
         (work / "in.txt").write_text("x\ny\n")
-        into = spindle("jobs:shout", "in.txt", "-o", redis_url(out), cwd=work)
+        into = spindle_map("jobs:shout", "in.txt", "-o", redis_url(out), cwd=work)
         assert into.returncode == 0, into.stderr
         data = [orjson.loads(e[1][b"data"]) for e in redis_client.xrange(out)]
         assert data == ["X", "Y"]
@@ -232,7 +223,7 @@ def test_a_file_into_postgres_by_key_twice_writes_each_key_once(
         "".join(json.dumps({"id": f"r{i}", "n": i}) + "\n" for i in range(500))
     )
     for _ in range(2):
-        done = spindle(
+        done = spindle_map(
             "jobs:work",
             "in.jsonl",
             "--format",
@@ -274,7 +265,7 @@ def test_bad_urls_and_options_are_one_line(work: Path, args: list[str], expected
     pytest.importorskip("redis", reason="the redis client is not installed")
     pytest.importorskip("psycopg", reason="the psycopg client is not installed")
     (work / "in.txt").write_text("x\n")
-    done = spindle("jobs:shout", *args, cwd=work)
+    done = spindle_map("jobs:shout", *args, cwd=work)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], done.stderr

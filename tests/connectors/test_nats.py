@@ -36,6 +36,7 @@ from spindle.connectors import (
     open_source,
 )
 
+from ._cli import spindle_map
 from ._servers import NATS_SERVER, NATS_URL, nats_url, on_nats, postgres_url
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -614,16 +615,6 @@ def shout(text):
 def work(tmp_path: Path) -> Path:
     (tmp_path / "jobs.py").write_text(JOB)
     return tmp_path
-
-
-def spindle_map(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "spindle", "map", *args, "--workers", "2", "-q"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 class Marked:

@@ -36,6 +36,7 @@ from spindle.connectors import (
     open_source,
 )
 
+from ._cli import spindle_map
 from ._servers import POSTGRES_URL, postgres_url, unique
 
 pytestmark = pytest.mark.timeout(120)
@@ -463,16 +464,6 @@ def work(x):
 def work(tmp_path: Path) -> Path:
     (tmp_path / "jobs.py").write_text(JOB)
     return tmp_path
-
-
-def spindle_map(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "spindle", "map", *args, "--workers", "2", "-q"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
 
 
 def killed_at(pg: Any, work: Path, stop_at: int, *args: str) -> None:

@@ -33,6 +33,7 @@ from spindle.connectors import (
     open_source,
 )
 
+from ._cli import spindle_map
 from ._servers import POSTGRES_URL, RABBITMQCTL, amqp_url, on_rabbit, postgres_url
 
 # -- the broker, from the tests' side --------------------------------------------------------
@@ -529,16 +530,6 @@ def shout(text):
 def work(tmp_path: Path) -> Path:
     (tmp_path / "jobs.py").write_text(JOB)
     return tmp_path
-
-
-def spindle_map(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "spindle", "map", *args, "--workers", "2", "-q"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 class Held:
