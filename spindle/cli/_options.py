@@ -43,6 +43,20 @@ def option(
     )
 
 
+def dashboard_option(help: str) -> Callable[[_F], _F]:
+    """``--dashboard [PORT]``: a flag that may take a port (a free one when it does not)."""
+    return click.option(
+        "--dashboard",
+        "dashboard_port",
+        type=click.IntRange(0, 65535),
+        is_flag=False,
+        flag_value=0,
+        default=None,
+        metavar="[PORT]",
+        help=help,
+    )
+
+
 _OPTIONS = [
     click.option(
         "-o",
@@ -68,16 +82,7 @@ _OPTIONS = [
         click.IntRange(0, 65535),
         help="Serve Prometheus metrics on this port (127.0.0.1) during the run.",
     ),
-    click.option(
-        "--dashboard",
-        "dashboard_port",
-        type=click.IntRange(0, 65535),
-        is_flag=False,
-        flag_value=0,
-        default=None,
-        metavar="[PORT]",
-        help="Serve a live dashboard (on PORT, or a free port) during the run.",
-    ),
+    dashboard_option("Serve a live dashboard (on PORT, or a free port) during the run."),
     option(
         "--dashboard-host",
         default="127.0.0.1",

@@ -17,7 +17,7 @@ from .._core.stage import Stage, parse_bytes
 from .._errors import ConfigError, SpindleError
 from .._loading import load_function
 from ..serve import Server
-from ._options import StageChoice, option, stage_options, usage_errors
+from ._options import StageChoice, dashboard_option, option, stage_options, usage_errors
 
 
 @click.command("serve")
@@ -49,16 +49,7 @@ from ._options import StageChoice, option, stage_options, usage_errors
     help="Make each job accepted by POST /jobs durable before its 202, and answer it "
     "after a crash and restart with the same file.",
 )
-@click.option(
-    "--dashboard",
-    "dashboard_port",
-    type=click.IntRange(0, 65535),
-    is_flag=False,
-    flag_value=0,
-    default=None,
-    metavar="[PORT]",
-    help="Serve a live dashboard (on PORT, or a free port).",
-)
+@dashboard_option("Serve a live dashboard (on PORT, or a free port).")
 @option(
     "--metrics-port",
     click.IntRange(0, 65535),
