@@ -18,11 +18,18 @@ map: making actors or workers, the work, and shutting them down.
   (at most the cores), same runners.
 * memory: 10,000,000 items of ``x + 1`` from a lazy generator through spindle on Ray, the
   results summed: the driver's peak resident memory (``ru_maxrss``; Ray's own daemons
-  and actors are other processes).
+  and actors are other processes), and what it held before the stream. Ray's serializer
+  imports pyarrow, pydantic and starlette on a driver's first object when they are
+  installed (about 50 MB); to measure a plain ``spindle[ray]`` install, run this
+  workload from a virtual environment that has only that:
+  ``python -m venv /tmp/v && /tmp/v/bin/pip install '.[ray]' && /tmp/v/bin/python -m
+  bench.ray --only memory``.
 * scaling: a simulated cluster (``ray.cluster_utils.Cluster``, a head without CPUs and
   1, 2 or 4 worker nodes of 4 CPUs each, all on this machine), one actor per CPU, jobs
   that sleep 10 ms: items per second from the first result to the last (the cluster's
-  and the actors' start left out), so what grows is what the nodes add.
+  and the actors' start left out), so what grows is what the nodes add; and the
+  driver's ceiling, items per second of the driver process's CPU (Ray's threads in it
+  included): the rate at which one driver core would be the limit.
 * ctrl-c: ``spindle map --backend ray`` over jobs of 10 ms, SIGINT to its process group
   once results are coming: seconds until it has exited, and whether any spindle actor
   (any Ray process, for the Ray it started itself) is left; once with the Ray the command
@@ -96,8 +103,7 @@ def run_one(workload: str, runner: str, n: int) -> dict[str, Any]:
         # serializer imports pyarrow, pydantic and starlette when they are installed
         # (about 50 MB here). The stream's own cost is the peak above that.
         checksum(spindle.map(fn, range(1000), backend="ray"))
-        global _base_mb
-        _base_mb = _current_mb()
+        base = _current_mb()
 
     started = time.perf_counter()
     if runner == "serial":
@@ -141,9 +147,6 @@ def run_one(workload: str, runner: str, n: int) -> dict[str, Any]:
     return result
 
 
-_base_mb = 0.0
-
-
 def _current_mb() -> float:
     """This process's resident memory now (MB), from /proc."""
     with open("/proc/self/statm") as f:
@@ -169,15 +172,18 @@ def run_scaling(nodes: int) -> dict[str, Any]:
         ray.init(address=cluster.address, logging_level=logging.WARNING)
         n = SCALING_ITEMS[nodes]
         results = spindle.map(_sleepy, range(n), backend="ray", ordered=False)
-        first = None
+        first = cpu = None
         count = 0
         for _ in results:
             if first is None:
-                first = time.perf_counter()
+                first, cpu = time.perf_counter(), time.process_time()
             count += 1
-        assert first is not None and count == n
+        assert first is not None and cpu is not None and count == n
         seconds = time.perf_counter() - first
-        return {"seconds": seconds, "rate": (n - 1) / seconds, "n": n}
+        # The driver's CPU (Ray's threads in it included) per item: how many items a
+        # second one driver CPU could dispatch, whatever the cluster's size.
+        per_cpu = (n - 1) / max(time.process_time() - cpu, 1e-9)
+        return {"seconds": seconds, "rate": (n - 1) / seconds, "n": n, "per_cpu": per_cpu}
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -246,6 +252,7 @@ _MARKED = False
 
 RUNNERS: dict[str, list[tuple[str, str]]] = {
     "tiny": [
+        ("serial", "a serial loop (x cores: the machine's ceiling)"),
         ("spindle-ray", '`spindle.map(tiny, range(N), backend="ray")`'),
         ("spindle-local", '`spindle.map(tiny, range(N), kind="cpu")`'),
         ("ray-data", "Ray Data `range(N).map_batches(...)`"),
@@ -371,14 +378,15 @@ def _table(
 
     if workload == "scaling":
         base = med(rows[0][0], "rate")
-        print("| nodes | actors | N | items/s | vs 1 node | spread |")
-        print("|:--|--:|--:|--:|--:|--:|")
+        print("| nodes | actors | N | items/s | vs 1 node | driver's ceiling, items/s per CPU "
+              "| spread |")  # fmt: skip
+        print("|:--|--:|--:|--:|--:|--:|--:|")
         for r, label in rows:
             n = int(r)
             rate = med(r, "rate")
             print(
                 f"| {label} | {n * ACTORS_PER_NODE} | {SCALING_ITEMS[n]:,} | {rate:,.0f} | "
-                f"{rate / base:.2f}x | {spread(r, 'rate')} |"
+                f"{rate / base:.2f}x | {med(r, 'per_cpu'):,.0f} | {spread(r, 'rate')} |"
             )
         return
     if workload == "ctrl-c":

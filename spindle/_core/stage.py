@@ -32,6 +32,10 @@ DEFAULT_CONCURRENCY = 100
 #: Largest batch sent to a worker process; with the default prefetch this bounds the
 #: items a cpu stage holds in flight to ``workers * 2 * MAX_CPU_BATCH``.
 MAX_CPU_BATCH = 4096
+#: The same for a stage on Ray actors: a call to an actor costs the driver about ten
+#: times a frame to a local worker, and 16,384 tiny items a call ran 15% faster than
+#: 4,096 on a local Ray (1.00-1.07M against 0.85-0.90M items/s after the start).
+MAX_RAY_BATCH = 16384
 
 
 def cpu_count() -> int:
@@ -231,7 +235,9 @@ class Stage:
             return 1
         if self.kind == "thread" and self.timeout is not None:
             return 1  # a thread job that times out is abandoned alone, not with a batch
-        return 256 if self.kind == "thread" else MAX_CPU_BATCH
+        if self.kind == "thread":
+            return 256
+        return MAX_RAY_BATCH if self.backend == "ray" else MAX_CPU_BATCH
 
     @property
     def input_buffer(self) -> int:

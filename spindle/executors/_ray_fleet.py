@@ -71,6 +71,7 @@ class Actor:
     """One actor of the stage: a slot's current occupant."""
 
     __slots__ = (
+        "alone",
         "death",
         "handle",
         "index",
@@ -105,13 +106,16 @@ class Actor:
         #: The timeout watchdog's timer, while it is busy (see ``_ray_watch``).
         self.timer: asyncio.TimerHandle | None = None
         self.ready: asyncio.Task[None] | None = None
+        #: Kept for one suspect item: nothing else is sent to it meanwhile.
+        self.alone = False
 
     @property
     def alive(self) -> bool:
         return self.death is None
 
     @property
-    def usable(self) -> bool:
+    def serves(self) -> bool:
+        """It takes batches: alive, started, not retiring nor at its limit of jobs."""
         limit = self.max_jobs
         return (
             self.death is None
@@ -119,6 +123,11 @@ class Actor:
             and not self.retiring
             and (limit is None or self.items_assigned < limit)
         )
+
+    @property
+    def usable(self) -> bool:
+        """Dispatch may send it a batch: it serves and is not kept for a suspect."""
+        return self.serves and not self.alone
 
     def cancel_timer(self) -> None:
         if self.timer is not None:

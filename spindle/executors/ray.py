@@ -42,14 +42,16 @@ batches finish and nothing waits for the whole input; the driver holds at most
 through Ray's object store when large.
 
 Faults. A batch whose actor died while it *waited* runs again elsewhere. The batch an
-actor was *running* when it died is split into single items, which run again; a
-single item that was running on an actor that died, having been sent as a suspect
-already, fails with ``WorkerCrashed``: so an item that kills its worker fails alone,
-while a worker killed from outside costs nothing but time. When an actor's node is
-gone, every batch on it runs again, none is suspected. Each dead actor is replaced
-(``restarts``). With a ``timeout``, a sync actor whose item is late is killed by the
-watchdog (``_ray_watch``): the item fails with ``Timeout`` and the rest of its batch
-runs again. Async actors enforce the timeout themselves, as deadlines on their loop.
+actor was *running* when it died is split into single items, which run again one by one
+on an actor kept for them alone (nothing else is sent to it meanwhile): Ray may tell of
+a death before the answer of a batch the actor had finished, so only an item that ran
+alone is surely the one running when its actor died, and only such an item fails with
+``WorkerCrashed``. So an item that kills its worker fails alone, while a worker killed
+from outside costs nothing but time. When an actor's node is gone, every batch on it
+runs again, none is suspected. Each dead actor is replaced (``restarts``). With a
+``timeout``, a sync actor whose item is late is killed by the watchdog
+(``_ray_watch``): the item fails with ``Timeout`` and the rest of its batch runs again.
+Async actors enforce the timeout themselves, as deadlines on their loop.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ import cloudpickle
 from .._errors import SpindleError
 from .._failure import Failure, short_repr
 from ..policies.batching import AdaptiveBatch
+from ..policies.dispatch import least_loaded
 from ._ray_fleet import START_TIMEOUT, Actor, Fleet, reason
 from ._ray_session import (
     INSTALL_HINT,
@@ -86,6 +89,15 @@ from .spec import WorkSpec
 #: millisecond (the process executor's frame, tens of microseconds), so batches are
 #: five times the local ones (see :class:`~spindle.policies.batching.AdaptiveBatch`).
 BATCH_TARGET = 0.1
+
+
+class Kept:
+    """The actor kept for the suspects of one split, or for one suspect item."""
+
+    __slots__ = ("actor",)
+
+    def __init__(self) -> None:
+        self.actor: Actor | None = None
 
 
 class RayExecutor(Executor):
@@ -232,6 +244,45 @@ class RayExecutor(Executor):
             fleet.free.clear()
             await fleet.free.wait()
 
+    async def _keep(self, kept: Kept) -> Actor:
+        """The actor kept for ``kept``'s suspects (sync stages): the one it has while
+        that one serves, else the least loaded, to which nothing more is sent; it is
+        returned once the batches it had are answered.
+
+        Ray may tell of an actor's death before the answer of a batch that actor had
+        finished, so with two batches on a dying actor the driver cannot be sure which
+        one was running. A suspect that runs alone is the only candidate: an item fails
+        ``WorkerCrashed`` only when its actor died with nothing else to run."""
+        if kept.actor is not None and kept.actor.serves:
+            return kept.actor
+        fleet = self._fleet
+        assert fleet.free is not None
+        while True:
+            actor = least_loaded(fleet.actors)
+            if actor is None:
+                if fleet.broken is not None:
+                    raise fleet.broken
+                if fleet.closing:
+                    raise SpindleError(f"stage {self.spec.name!r} is closing")
+                fleet.free.clear()
+                await fleet.free.wait()
+                continue
+            actor.alone = True
+            kept.actor = actor
+            while actor.serves and (busy := [f for f in actor.pending.values() if not f.done()]):
+                await asyncio.wait(busy)
+            if actor.serves:
+                return actor
+            self._release(kept)
+
+    def _release(self, kept: Kept) -> None:
+        """The actor kept for suspects takes any batch again."""
+        if kept.actor is not None:
+            kept.actor.alone = False
+            kept.actor = None
+            assert self._fleet.free is not None
+            self._fleet.free.set()
+
     # -- running --------------------------------------------------------------------
 
     async def run(self, items: list[Any]) -> Outcome:
@@ -241,14 +292,29 @@ class RayExecutor(Executor):
             return await self._run_split(items, unpicklable=True)
         return await self._send(items, payload, suspect=False)
 
-    async def _send(self, items: list[Any], payload: bytes, *, suspect: bool) -> Outcome:
-        """Send one batch until an actor answers for it; see the module's "Faults"."""
+    async def _send(
+        self, items: list[Any], payload: bytes, *, suspect: bool, kept: Kept | None = None
+    ) -> Outcome:
+        """Send one batch until an actor answers for it; see the module's "Faults".
+        A suspect of a sync stage runs on the actor ``kept`` for it (see :meth:`_keep`)."""
+        own: Kept | None = None
+        if suspect and kept is None and not self.is_async:
+            kept = own = Kept()
+        try:
+            return await self._send_once(items, payload, suspect, kept)
+        finally:
+            if own is not None:
+                self._release(own)
+
+    async def _send_once(
+        self, items: list[Any], payload: bytes, suspect: bool, kept: Kept | None
+    ) -> Outcome:
         from ._ray_actor import BAD
 
         assert self._fleet.loop is not None
         errors = self._ray.exceptions
         while True:
-            actor = await self._pick(items)
+            actor = await (self._keep(kept) if kept is not None else self._pick(items))
             ident = next(self._ids)
             ref = actor.handle.run.remote(ident, payload)
             fut: asyncio.Future[Any] = asyncio.wrap_future(ref.future())
@@ -287,9 +353,8 @@ class RayExecutor(Executor):
             if what == "crashed":
                 if len(items) > 1:
                     return await self._run_split(items, suspect=True)
-                if not suspect:
-                    suspect = True  # once more, on another actor: it may not be its fault
-                    continue
+                if not suspect:  # once more, as a suspect: it may not be its fault
+                    return await self._send(items, payload, suspect=True)
                 assert actor.death is not None
                 msg = f"the Ray actor running this item died: {actor.death.reason}"
                 failure = Failure(items[0], "WorkerCrashed", msg, "", 1, self.spec.name)
@@ -324,6 +389,14 @@ class RayExecutor(Executor):
     async def _run_split(
         self, items: list[Any], *, unpicklable: bool = False, suspect: bool = False
     ) -> Outcome:
+        kept = Kept() if suspect and not self.is_async else None
+        try:
+            return await self._run_each(items, suspect, kept)
+        finally:
+            if kept is not None:
+                self._release(kept)
+
+    async def _run_each(self, items: list[Any], suspect: bool, kept: Kept | None) -> Outcome:
         results: list[Any] = []
         failures = 0
         for item in items:
@@ -338,7 +411,7 @@ class RayExecutor(Executor):
                 results.append(Failure(item, "Unpicklable", msg, "", 1, self.spec.name))
                 failures += 1
                 continue
-            one = await self._send([item], payload, suspect=suspect)
+            one = await self._send([item], payload, suspect=suspect, kept=kept)
             results.extend(one.results)
             failures += one.failures
         return Outcome(results, failures)

@@ -131,18 +131,21 @@ class ProcessFaultOnRayBehaviour(ProcessFaultBehaviour):
         for i in failed:
             assert got[i].error == "WorkerCrashed" and "Ray actor" in got[i].message
             assert "died" in got[i].message
-        # Ray can tell of an actor's death before the answer of a batch that actor had
-        # finished just before: the driver then takes that batch for the one that was
-        # running. Rarely (about one run in eight here) a batch-mate fails too, or item 5
-        # runs once more on a third actor. Item 5 always fails, alone or nearly.
+        # Item 5 alone fails: a suspect runs alone on its actor, so a batch-mate that
+        # had finished when Ray told of the death is never blamed. With async actors
+        # the calls in flight beside item 5 die with it, as with a local async worker.
         if self.calls_share_a_worker:
             assert 5 in failed and len(failed) <= self.options["concurrency"]
         else:
-            assert 5 in failed and len(failed) <= 2
+            assert failed == {5}
         assert [g for i, g in enumerate(got) if i not in failed] == [
             x for x in range(40) if x not in failed
         ]
         [stats] = results.stats()
+        # Two actors die under item 5: under its batch, then under it alone. Ray may
+        # tell of the first death before the answer of a batch that actor had finished;
+        # that batch is then taken for the one running, and 5's batch runs whole once
+        # more, on a third actor.
         assert 2 <= stats.restarts <= 3
         assert (stats.done, stats.failed) == (40 - len(failed), len(failed))
 
