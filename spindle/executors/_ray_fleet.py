@@ -5,7 +5,10 @@
     prepare()   the actor class and its options; the stage's config put once in the
                 object store, for every actor
     start()     an actor in each of the ``workers`` slots; each answers ``start()`` with
-       │        its pid and node, or the error of ``init`` or of loading the function
+       │        its pid and node, or the error of ``init`` or of loading the function;
+       │        the run begins once all have started, or ``ALL_WAIT`` after the first
+       │        has (a busy cluster may have no room for the others yet: they join as
+       │        they start)
        │
        ├── it died       its Death is decided once, at the first news of it, and
        │                 a replacement starts in its slot (``restarts``)
@@ -49,6 +52,10 @@ from .spec import WorkSpec
 
 #: Seconds the actors of a run get to start (a cluster may have to place them first).
 START_TIMEOUT = 120.0
+#: Seconds a run waits for all its actors once one has started: then it goes on with
+#: those started, and the others join as they start (a busy cluster may have no room
+#: for all of them yet).
+ALL_WAIT = 2.0
 #: Seconds actors get for their last report and ``init``'s teardown at the end of a run.
 _STOP_GRACE = 2.0
 #: Seconds to wait for killed actors to be gone.
@@ -73,6 +80,7 @@ class Actor:
     __slots__ = (
         "alone",
         "death",
+        "first",
         "handle",
         "index",
         "items_assigned",
@@ -108,6 +116,8 @@ class Actor:
         self.ready: asyncio.Task[None] | None = None
         #: Kept for one suspect item: nothing else is sent to it meanwhile.
         self.alone = False
+        #: One of the run's first actors, not a replacement.
+        self.first = False
 
     @property
     def alive(self) -> bool:
@@ -176,8 +186,11 @@ class Fleet:
         self.free: asyncio.Event | None = None
         #: The run is ending: deaths are no longer counted, nor actors replaced.
         self.closing = False
-        #: Why the run cannot go on: no actor could start.
+        #: Why the run cannot go on: an actor of the run's start could not start, or
+        #: no actor is left.
         self.broken: SpindleError | None = None
+        #: The run's first actors are starting (their start errors break the run).
+        self.starting = True
         self.restarts = 0
         self.crashes = 0
         self.timeouts = 0
@@ -220,21 +233,33 @@ class Fleet:
         self._config_ref = ray.put(blob)  # one copy in the object store for every actor
 
     async def start(self) -> None:
-        """Start an actor in every slot and wait until each has started: the first
-        start error is raised, and ``TimeoutError`` after :data:`START_TIMEOUT`."""
-        self.loop = asyncio.get_running_loop()
+        """Start an actor in every slot and wait until each has started, or, once one
+        has, for :data:`ALL_WAIT` more: the run goes on with those started and the
+        others join as they start. The first start error is raised (one that comes
+        later breaks the run at its next dispatch); ``TimeoutError`` when none has
+        started within :data:`START_TIMEOUT`."""
+        loop = self.loop = asyncio.get_running_loop()
         self.free = asyncio.Event()
         actors = [self._launch(slot) for slot in range(self.workers)]
+        waiting: set[asyncio.Task[None]] = set()
         for a in actors:
             assert a.ready is not None
             a.ready.add_done_callback(_consume)
+            waiting.add(a.ready)
+        all_by: float | None = None
         async with asyncio.timeout(START_TIMEOUT):
-            for a in actors:
-                assert a.ready is not None
-                await a.ready
-        first = next((a for a in actors if not a.started), None)
-        if first is not None:  # every start error is raised by its ready task
-            raise SpindleError(f"a Ray actor of stage {self.spec.name!r} did not start")
+            while waiting:
+                wait = None if all_by is None else max(0.0, all_by - loop.time())
+                done, waiting = await asyncio.wait(
+                    waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break  # ALL_WAIT has passed since the first started
+                for task in done:
+                    task.result()  # a start error
+                if all_by is None:
+                    all_by = loop.time() + ALL_WAIT
+        self.starting = False
 
     def _launch(self, slot: int) -> Actor:
         """Create an actor for ``slot``; its ``ready`` task says when it has started."""
@@ -244,6 +269,7 @@ class Fleet:
             self._config_ref
         )
         actor = Actor(slot, handle, self.spec.max_jobs_per_worker)
+        actor.first = self.starting
         self.actors.append(actor)
         actor.ready = self.loop.create_task(self._await_start(actor))
         return actor
@@ -283,12 +309,14 @@ class Fleet:
         self.free.set()
 
     def _start_failed(self, actor: Actor, err: SpindleError) -> None:
-        """An actor that never started is not replaced (that could loop); the run fails
-        when none is left to do the work."""
+        """An actor that never started is not replaced (that could loop). The run
+        fails when it was one of the run's first actors (as its error is the run's
+        start error), or when none is left to do the work."""
+        first = actor.first
         self.gone(actor, Death(False, None, str(err)))
         self.kill(actor)
-        if not self.closing and not any(a.alive for a in self.actors):
-            self.broken = err
+        if not self.closing and (first or not any(a.alive for a in self.actors)):
+            self.broken = self.broken or err
         if self.free is not None:
             self.free.set()
 

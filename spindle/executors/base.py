@@ -96,3 +96,13 @@ def init_failed(stage: str, where: str, exc: BaseException) -> SpindleError:
     )
     err.__cause__ = exc
     return err
+
+
+async def around_fault(executor: Executor, items: list[Any], index: int, failed: Any) -> Outcome:
+    """The outcome of a batch whose item ``index`` killed its worker or timed out:
+    ``failed`` in its place, and the items before and after it run again (those
+    before it had run, but their results died with the worker)."""
+    before = await executor.run(items[:index]) if index else Outcome([], 0)
+    rest = items[index + 1 :]
+    after = await executor.run(rest) if rest else Outcome([], 0)
+    return Outcome([*before.results, failed, *after.results], before.failures + 1 + after.failures)

@@ -72,7 +72,7 @@ from ._handle import (
 )
 from ._reports import Report, ReportBook
 from ._worker import PROTOCOL, WorkerConfig
-from .base import Executor, Outcome, WorkerSnapshot
+from .base import Executor, Outcome, WorkerSnapshot, around_fault
 from .loop import timeout_failure
 from .spec import WorkSpec
 
@@ -315,12 +315,12 @@ class ProcessExecutor(Executor):
             assert self.timeout is not None
             detail = "; its worker process was killed and replaced"
             failed = timeout_failure(items[data], self.timeout, self.spec.name, detail)
-            return await self._after_fault(items, data, failed)
+            return await around_fault(self, items, data, failed)
         if kind == "crashed_at":
             index, reason = data
             msg = f"the worker process running this item {reason}"
             failed = Failure(items[index], "WorkerCrashed", msg, "", 1, self.spec.name)
-            return await self._after_fault(items, index, failed)
+            return await around_fault(self, items, index, failed)
         if len(items) > 1:
             # Which item broke the batch is unknown: run each alone to find out.
             return await self._run_split(items)
@@ -332,16 +332,6 @@ class ProcessExecutor(Executor):
             return Outcome([Failure(items[0], "Unpicklable", msg, "", 1, self.spec.name)], 1)
         msg = f"the worker process running this item {data}"
         return Outcome([Failure(items[0], "WorkerCrashed", msg, "", 1, self.spec.name)], 1)
-
-    async def _after_fault(self, items: list[Any], index: int, failed: Failure) -> Outcome:
-        """Item ``index`` killed its worker (or timed out): it fails, the others of the
-        batch run again (those before it had run, but their results died with it)."""
-        before = await self.run(items[:index]) if index else Outcome([], 0)
-        rest = items[index + 1 :]
-        after = await self.run(rest) if rest else Outcome([], 0)
-        return Outcome(
-            [*before.results, failed, *after.results], before.failures + 1 + after.failures
-        )
 
     # -- the timeout watchdog --------------------------------------------------------
 

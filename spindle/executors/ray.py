@@ -81,7 +81,7 @@ from ._ray_session import (
 from ._ray_watch import Watchdog
 from ._reports import Report, ReportBook
 from ._worker import PROTOCOL, WorkerConfig
-from .base import Executor, Outcome, WorkerSnapshot
+from .base import Executor, Outcome, WorkerSnapshot, around_fault
 from .loop import timeout_failure
 from .spec import WorkSpec
 
@@ -89,6 +89,12 @@ from .spec import WorkSpec
 #: millisecond (the process executor's frame, tens of microseconds), so batches are
 #: five times the local ones (see :class:`~spindle.policies.batching.AdaptiveBatch`).
 BATCH_TARGET = 0.1
+#: Calls a second the driver makes at most, whatever the number of actors: each costs
+#: the driver about a millisecond of CPU (Ray's threads in it included; ``bench.ray``'s
+#: scaling rows: 7,000-9,000 items of 10 ms a driver CPU second, batches of ten), so
+#: with more than 20 actors batches grow past :data:`BATCH_TARGET` to keep the driver
+#: at about a fifth of a core.
+MAX_CALLS_PER_SECOND = 200.0
 
 
 class Kept:
@@ -132,7 +138,8 @@ class RayExecutor(Executor):
         if spec.max_jobs_per_worker is not None:
             max_size = min(max_size, spec.max_jobs_per_worker)
             batch_size = min(batch_size, max_size) if batch_size is not None else None
-        self._batching = AdaptiveBatch(target=BATCH_TARGET, max_size=max_size, fixed=batch_size)
+        target = max(BATCH_TARGET, workers / MAX_CALLS_PER_SECOND)
+        self._batching = AdaptiveBatch(target=target, max_size=max_size, fixed=batch_size)
         track = self.timeout is not None and not self.is_async
         self._config = WorkerConfig(
             fn=spec.fn,
@@ -234,11 +241,11 @@ class RayExecutor(Executor):
         fleet = self._fleet
         assert fleet.free is not None
         while True:
+            if fleet.broken is not None:
+                raise fleet.broken
             best = self._dispatch.pick(fleet.actors, items)
             if best is not None:
                 return best
-            if fleet.broken is not None:
-                raise fleet.broken
             if fleet.closing:
                 raise SpindleError(f"stage {self.spec.name!r} is closing")
             fleet.free.clear()
@@ -258,10 +265,10 @@ class RayExecutor(Executor):
         fleet = self._fleet
         assert fleet.free is not None
         while True:
+            if fleet.broken is not None:
+                raise fleet.broken
             actor = least_loaded(fleet.actors)
             if actor is None:
-                if fleet.broken is not None:
-                    raise fleet.broken
                 if fleet.closing:
                     raise SpindleError(f"stage {self.spec.name!r} is closing")
                 fleet.free.clear()
@@ -349,7 +356,7 @@ class RayExecutor(Executor):
                 index = max(index, 0)
                 detail = "; its worker process was killed and replaced (a Ray actor)"
                 failed = timeout_failure(items[index], self.timeout, self.spec.name, detail)
-                return await self._after_fault(items, index, failed)
+                return await around_fault(self, items, index, failed)
             if what == "crashed":
                 if len(items) > 1:
                     return await self._run_split(items, suspect=True)
@@ -375,16 +382,6 @@ class RayExecutor(Executor):
             )
             return Outcome([Failure(items[0], "Unpicklable", msg, "", 1, self.spec.name)], 1)
         return self._outcome(actor, items, data)
-
-    async def _after_fault(self, items: list[Any], index: int, failed: Failure) -> Outcome:
-        """Item ``index`` timed out and its actor was killed: it fails, the others of the
-        batch run again (those before it had run, but their results died with it)."""
-        before = await self.run(items[:index]) if index else Outcome([], 0)
-        rest = items[index + 1 :]
-        after = await self.run(rest) if rest else Outcome([], 0)
-        return Outcome(
-            [*before.results, failed, *after.results], before.failures + 1 + after.failures
-        )
 
     async def _run_split(
         self, items: list[Any], *, unpicklable: bool = False, suspect: bool = False

@@ -189,6 +189,42 @@ def test_the_snapshot_shows_each_actor_with_its_node_and_pid() -> None:
     assert pids == {row["pid"] for row in rows}
 
 
+def test_a_run_goes_on_with_the_actors_that_have_room_and_the_others_join_later() -> None:
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    held = placement_group([{"CPU": 1}])
+    ray.get(held.ready())  # one of the two CPUs is taken: one actor has room
+    go = threading.Event()
+
+    def items() -> Iterator[int]:
+        yield from range(50)
+        go.wait(60)
+        yield from range(50, 100)
+
+    def started() -> int:
+        rows = results.snapshot()["workers"]
+        return sum(row["state"] in ("idle", "busy") for row in rows)
+
+    results = spindle.map(jobs.pid_of, items(), workers=2, batch_size=1, backend="ray")
+    try:
+        it = iter(results)
+        pids = [next(it) for _ in range(50)]
+        assert started() == 1  # the run went on with the actor that had room
+        remove_placement_group(held)
+        deadline = time.monotonic() + 60
+        while started() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the second actor starts once it has room
+        go.set()
+        pids += it
+    finally:
+        go.set()
+        remove_placement_group(held)
+        results.close()
+    assert len(pids) == 100
+    assert len(set(pids[:50])) == 1 and len(set(pids[50:])) == 2
+
+
 def test_a_worker_killed_from_outside_costs_only_its_batch(marks: Path) -> None:
     def kill(pid: int, node: str) -> None:
         os.kill(pid, signal.SIGKILL)
