@@ -139,6 +139,12 @@ class AckSource(Source):
         """Acknowledge the messages of ``tokens`` (in one call to the broker where it
         can): they are done and are never given again. Thread-safe with :meth:`read`."""
 
+    def stop_reading(self) -> None:
+        """The run takes no more messages (a Ctrl-C): a :meth:`read` that waits past its
+        ``wait`` (a drain waiting for the run's own acknowledgements, which a stopped run
+        may never give) returns an empty list soon. Called from any thread, a signal
+        handler included: it only sets a flag (or hands a wake-up to a loop thread)."""
+
     def set_bound(self, max_unacked: int) -> None:
         """Called once before the first :meth:`read` with the most messages the run will
         hold unacknowledged, for a broker that pushes messages ahead of reads (RabbitMQ's

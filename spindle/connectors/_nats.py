@@ -363,6 +363,8 @@ class NatsSource(AckSource):
         self._backoff = 0.05
         self._progress_at = 0.0
         self._ended = False
+        #: The run takes no more messages (see stop_reading).
+        self._stopped = False
         self._info_at = 0.0
         self._inbox = ""
         self._keeper: asyncio.Task[None] | None = None
@@ -511,6 +513,11 @@ class NatsSource(AckSource):
         if info.config.ack_wait:
             self.ack_wait = float(info.config.ack_wait)
 
+    def stop_reading(self) -> None:
+        """A drain's read returns at its next turn (each is bounded by its ``wait``)
+        rather than wait for the acknowledgements of messages the stop dropped."""
+        self._stopped = True
+
     def set_bound(self, max_unacked: int) -> None:
         self._bound = max_unacked
 
@@ -564,7 +571,7 @@ class NatsSource(AckSource):
                     self._lag = _ack_fields(last)[2]
             if loop.time() >= self._info_at + LAG_EVERY:
                 await self._refresh()
-            if got or not self.drain or self._ended:
+            if got or not self.drain or self._ended or self._stopped:
                 return got
 
     async def _pull_some(

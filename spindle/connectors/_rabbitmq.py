@@ -22,9 +22,9 @@ connection lost before their acknowledgements would bring them back) and the que
 ready message (two passive declares in a row, the second a barrier behind any delivery
 already on its way). Messages another consumer holds unacknowledged are not waited for.
 So a drain's :meth:`~RabbitSource.read` may wait past its ``wait`` for the run's
-acknowledgements; :meth:`~RabbitSource.close` wakes it (after a Ctrl-C that dropped
-messages, which are never acknowledged, the run ends once the engine stops waiting for its
-source thread, two seconds).
+acknowledgements; a stopped run (a Ctrl-C, which drops messages that are then never
+acknowledged) wakes it with :meth:`~RabbitSource.stop_reading`, and
+:meth:`~RabbitSource.close` does too.
 
 Acknowledging (``ack``): a token is ``(generation, delivery_tag)``. Results come back out of
 order (an unordered pipeline, or chunks of different speeds), and ``basic.ack(multiple=True)``
@@ -326,6 +326,11 @@ class _Link:
         if self._changed is not None:
             self._changed.set()
 
+    def wake_from_any_thread(self) -> None:
+        """:meth:`wake`, handed to the loop thread (a no-op once it has stopped)."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.loop.call_soon_threadsafe(self.wake)
+
     def clear(self) -> None:
         """Called by a waiter before it looks at the state it waits on."""
         if self._changed is not None:
@@ -421,6 +426,8 @@ class RabbitSource(AckSource):
         # acknowledgements (see the module docstring).
         self._buffer: deque[_Delivery] = deque()
         self._consuming = False
+        #: The run takes no more messages (see stop_reading).
+        self._stopped = False
         self._frontier = 0  # every tag up to it is acknowledged
         self._delivered = 0  # the highest tag delivered
         self._done: set[int] = set()  # acknowledged, above the frontier
@@ -457,6 +464,12 @@ class RabbitSource(AckSource):
         return cls(
             endpoint.client_url, queue=queue, fmt=fmt, key=key, drain=drain, name=endpoint.name
         )
+
+    def stop_reading(self) -> None:
+        """A read returns now, a drain's too, rather than wait for the acknowledgements
+        of messages the stop dropped."""
+        self._stopped = True
+        self._link.wake_from_any_thread()
 
     def set_bound(self, max_unacked: int) -> None:
         """The prefetch: the run's bound (at most 65,535, RabbitMQ's most). It takes effect
@@ -518,7 +531,7 @@ class RabbitSource(AckSource):
             link.clear()
             if link.failed is not None:
                 raise link.failed
-            if link.closing:
+            if link.closing or self._stopped:
                 return link.generation, []
             now = time.monotonic()
             if link.channel is not None and now >= self._lag_at + LAG_EVERY:

@@ -130,6 +130,7 @@ class StreamRun:
         handler: the condition's lock is re-entrant, so a handler that interrupts this
         thread while it holds the lock takes it again rather than waiting for itself."""
         self._stopping = True
+        self.source.stop_reading()
         with self._cond:
             self._cond.notify_all()
 

@@ -392,6 +392,22 @@ def test_a_drain_ends_once_empty_and_waits_for_a_dead_runs_messages(nats_stream:
         assert empty.read(10, 0.5) == []  # at once: nothing to wait for
 
 
+def test_a_stopped_run_ends_a_drain_read_waiting_for_its_acknowledgements(
+    nats_stream: str,
+) -> None:
+    # A Ctrl-C drops the messages the run had not started: they are never acknowledged,
+    # and a drain waits for them up to 1.5 x ack_wait (90 s here) unless told of the stop.
+    publish(nats_stream, [{"n": i} for i in range(3)])
+    with source(nats_stream, drain=True, ack_wait="60") as src:
+        read_n(src, 3)
+        got: list[list[Message]] = []
+        t = threading.Thread(target=lambda: got.append(src.read(10, 0.2)))
+        t.start()
+        src.stop_reading()
+        t.join(10)
+        assert not t.is_alive() and got == [[]]
+
+
 # -- the sink --------------------------------------------------------------------------------
 
 

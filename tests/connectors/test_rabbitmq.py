@@ -328,6 +328,24 @@ def test_close_wakes_a_drain_read(rabbit_queue: str) -> None:
     assert got == [[]] and ready(rabbit_queue) == 1
 
 
+def test_a_stopped_run_wakes_a_drain_read_waiting_for_its_acknowledgements(
+    rabbit_queue: str,
+) -> None:
+    # A Ctrl-C drops the messages the run had not started: they are never acknowledged,
+    # so a drain read waiting for their acknowledgements would wait until close().
+    publish(rabbit_queue, [{"n": i} for i in range(3)])
+    with source(rabbit_queue, drain=True) as src:
+        read_n(src, 3)  # dropped by the stop: never acknowledged
+        got: list[list[Message]] = []
+        t = threading.Thread(target=lambda: got.append(src.read(10, 0.1)))
+        t.start()
+        src.stop_reading()
+        t.join(10)
+        assert not t.is_alive() and got == [[]]
+        assert src.read(10, 0.1) == []  # and every read after it
+    assert ready(rabbit_queue) == 3  # the connection closed: they wait for another run
+
+
 # -- the sink --------------------------------------------------------------------------------
 
 
