@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 
 def spindle_map(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -16,3 +20,34 @@ def spindle_map(*args: str, cwd: Path, timeout: float = 180) -> subprocess.Compl
         text=True,
         timeout=timeout,
     )
+
+
+def workers_of(proc: subprocess.Popen[Any]) -> list[psutil.Process]:
+    """The worker processes of a ``spindle map`` run, oldest first (the first ones are
+    forked, so they have its command line; replacements run spindle's worker code)."""
+    try:
+        me = psutil.Process(proc.pid)
+        command = me.cmdline()
+        children = me.children()
+    except psutil.Error:
+        return []
+    found: list[tuple[float, psutil.Process]] = []
+    for child in children:
+        try:
+            line = child.cmdline()
+            if line == command or any("spawned_main" in part for part in line):
+                found.append((child.create_time(), child))
+        except psutil.Error:  # gone meanwhile (a zombie not reaped yet)
+            continue
+    return [child for _, child in sorted(found, key=lambda pair: pair[0])]
+
+
+def kill_a_worker(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL the oldest worker of ``proc`` (surely past its start), and wait until
+    the run has reaped it."""
+    workers = workers_of(proc)
+    assert workers, "the run has no worker to kill"
+    victim = workers[0]
+    victim.send_signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs([victim], timeout=30)  # gone once the run has reaped it
+    assert alive == []

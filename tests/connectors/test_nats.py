@@ -36,7 +36,7 @@ from spindle.connectors import (
     open_source,
 )
 
-from ._cli import spindle_map
+from ._cli import kill_a_worker, spindle_map
 from ._servers import NATS_SERVER, NATS_URL, nats_url, on_nats, postgres_url
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -774,7 +774,8 @@ def test_chaos_kills_and_a_server_restart_leave_one_row_per_message(
     bodies = [b"{not json %d" % i if i in malformed else {"n": i} for i in range(n)]
     seqs = publish(stream, bodies, url=own_nats.url)
     url = nats_url(own_nats.url, stream=stream, durable="d", subject=stream, ack_wait="2")
-    command = ["jobs:work", url, "-o", postgres_url(table)]
+    # A job whose worker is killed under it runs again (WorkerCrashed, then a retry).
+    command = ["jobs:work", url, "-o", postgres_url(table), "--retries", "3"]
     first = Marked(work, "first", command, "3000:hold")
     marked.append(first)
     first.wait_mark(3000)
@@ -788,6 +789,7 @@ def test_chaos_kills_and_a_server_restart_leave_one_row_per_message(
     second = Marked(work, "second", command, f"{go}:go,{hold}:hold")
     marked.append(second)
     second.wait_mark(go)
+    kill_a_worker(second.proc)  # SIGKILL one worker process mid-run
     own_nats.restart()  # SIGKILL the server mid-run; the same port and store
     second.wait_mark(hold)
     second.kill()

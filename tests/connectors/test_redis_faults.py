@@ -40,6 +40,7 @@ from spindle.connectors import (
     open_source,
 )
 
+from ._cli import kill_a_worker, workers_of
 from ._servers import postgres_url, redis_url
 
 REDIS_SERVER = os.environ.get("SPINDLE_TEST_REDIS_SERVER") or shutil.which("redis-server")
@@ -446,37 +447,6 @@ def test_the_command_gives_up_after_the_reconnect_deadline_in_one_line(
     assert proc.returncode == 2, err
     assert len(lines) == 1 and lines[0].startswith(f"spindle: cannot read {url}: "), lines
     assert "reconnect=1 in the URL waits longer" in lines[0]
-
-
-def workers_of(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    """The worker processes of a ``spindle map`` run, oldest first (the first ones are
-    forked, so they have its command line; replacements run spindle's worker code)."""
-    try:
-        me = psutil.Process(proc.pid)
-        command = me.cmdline()
-        children = me.children()
-    except psutil.Error:
-        return []
-    found: list[tuple[float, psutil.Process]] = []
-    for child in children:
-        try:
-            line = child.cmdline()
-            if line == command or any("spawned_main" in part for part in line):
-                found.append((child.create_time(), child))
-        except psutil.Error:  # gone meanwhile (a zombie not reaped yet)
-            continue
-    return [child for _, child in sorted(found, key=lambda pair: pair[0])]
-
-
-def kill_a_worker(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the oldest worker of ``proc`` (surely past its start), and wait until
-    the run has reaped it."""
-    workers = workers_of(proc)
-    assert workers, "the run has no worker to kill"
-    victim = workers[0]
-    victim.send_signal(signal.SIGKILL)
-    _, alive = psutil.wait_procs([victim], timeout=30)  # gone once the run has reaped it
-    assert alive == []
 
 
 @pytest.mark.slow
