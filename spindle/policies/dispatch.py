@@ -96,8 +96,9 @@ POLICIES: tuple[str, ...] = ("least-loaded", "round-robin", "weighted", "key")
 #: :func:`least_loaded`): twice the 20 ms that adaptive batches of quick jobs aim at,
 #: and more.
 STUCK = 0.05
-#: What being stuck adds to a worker's load: more than any number of pending batches.
-_STUCK_LOAD = 1 << 20
+#: What each :data:`STUCK` period on one batch adds to a worker's load: more than any
+#: number of pending batches.
+_STUCK_LOAD = 1 << 16
 
 
 def least_loaded(workers: Iterable[W]) -> W | None:
@@ -109,7 +110,9 @@ def least_loaded(workers: Iterable[W]) -> W | None:
     request of half a second among quick ones) while another worker gets through
     several. Workers say when they began their current batch in ``since``
     (``time.monotonic()``, 0.0 when idle); one without it is never stuck. When every
-    worker is stuck, the fewest pending batches decide, as without the rule."""
+    worker is stuck, the one stuck for the fewest :data:`STUCK` periods comes first (a
+    worker 60 ms into a batch before one held for a minute by a job that may never
+    return), then the fewest pending batches, as without the rule."""
     best: W | None = None
     best_load = 0
     now = 0.0
@@ -121,8 +124,9 @@ def least_loaded(workers: Iterable[W]) -> W | None:
         if since:
             if not now:
                 now = time.monotonic()
-            if now - since > STUCK:
-                load += _STUCK_LOAD
+            over = now - since
+            if over > STUCK:
+                load += min(int(over / STUCK), 1 << 30) * _STUCK_LOAD
         if best is None or load < best_load:
             best, best_load = w, load
     return best

@@ -811,5 +811,8 @@ def test_chaos_kills_and_a_server_restart_leave_one_row_per_message(
     assert consumer(stream, url=own_nats.url)["pending"] == 0
     assert consumer(stream, url=own_nats.url)["unacked"] == 0
     source_row = json.loads(stats.read_text())["connectors"][0]
-    assert source_row["unacked"] == 0 and source_row["redelivered"] > 0
+    # Not checked: that the last run saw redeliveries. A server killed mid-run may lose
+    # the consumer's latest delivery counts (it writes them to its store now and then),
+    # and then gives the messages left unacknowledged again as first deliveries.
+    assert source_row["unacked"] == 0
     assert source_row["extra"]["durable"] == "d" and source_row["extra"]["left_unacked"] == 0
