@@ -98,7 +98,7 @@ MAX_CALLS_PER_SECOND = 200.0
 
 
 class Kept:
-    """The actor kept for the suspects of one split, or for one suspect item."""
+    """The actor kept for the suspects of one split (see ``RayExecutor._keep``)."""
 
     __slots__ = ("actor",)
 
@@ -304,18 +304,6 @@ class RayExecutor(Executor):
     ) -> Outcome:
         """Send one batch until an actor answers for it; see the module's "Faults".
         A suspect of a sync stage runs on the actor ``kept`` for it (see :meth:`_keep`)."""
-        own: Kept | None = None
-        if suspect and kept is None and not self.is_async:
-            kept = own = Kept()
-        try:
-            return await self._send_once(items, payload, suspect, kept)
-        finally:
-            if own is not None:
-                self._release(own)
-
-    async def _send_once(
-        self, items: list[Any], payload: bytes, suspect: bool, kept: Kept | None
-    ) -> Outcome:
         from ._ray_actor import BAD
 
         assert self._fleet.loop is not None
@@ -358,10 +346,9 @@ class RayExecutor(Executor):
                 failed = timeout_failure(items[index], self.timeout, self.spec.name, detail)
                 return await around_fault(self, items, index, failed)
             if what == "crashed":
-                if len(items) > 1:
+                if len(items) > 1 or not suspect:
+                    # Each item once more, alone: one under which an actor dies again fails.
                     return await self._run_split(items, suspect=True)
-                if not suspect:  # once more, as a suspect: it may not be its fault
-                    return await self._send(items, payload, suspect=True)
                 assert actor.death is not None
                 msg = f"the Ray actor running this item died: {actor.death.reason}"
                 failure = Failure(items[0], "WorkerCrashed", msg, "", 1, self.spec.name)
