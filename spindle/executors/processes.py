@@ -60,7 +60,6 @@ import cloudpickle
 
 from .._errors import SpindleError
 from .._failure import Failure, short_repr
-from ..policies.batching import AdaptiveBatch
 from . import _wire
 from ._handle import (
     TERM_GRACE,
@@ -71,7 +70,7 @@ from ._handle import (
     spawn_worker,
 )
 from ._reports import Report, ReportBook
-from ._worker import PROTOCOL, WorkerConfig
+from ._worker import PROTOCOL
 from .base import Executor, Outcome, WorkerSnapshot, around_fault
 from .loop import timeout_failure
 from .spec import WorkSpec
@@ -90,27 +89,9 @@ class ProcessExecutor(Executor):
         self.start_method = spec.start_method
         self.timeout = spec.timeout
         self.capacity = spec.workers * (spec.concurrency if spec.is_async else prefetch)
-        batch_size = spec.batch_size
-        if self.is_async and batch_size is None:
-            batch_size = 1
-        max_size = spec.max_batch
-        if spec.max_jobs_per_worker is not None:
-            max_size = min(max_size, spec.max_jobs_per_worker)
-            batch_size = min(batch_size, max_size) if batch_size is not None else None
-        self._batching = AdaptiveBatch(max_size=max_size, fixed=batch_size)
+        self._batching = spec.batching()
         self._track = self.timeout is not None and not self.is_async
-        self._config = WorkerConfig(
-            fn=spec.fn,
-            flat=spec.flat,
-            is_async=spec.is_async,
-            concurrency=max(1, spec.concurrency),
-            stage=spec.name,
-            timeout=self.timeout,
-            init=spec.init,
-            setup=spec.setup,
-            memory_limit=spec.max_memory_per_worker,
-            reporter=spec.reporter,
-        )
+        self._config = spec.worker_config()
         self.reports = (
             ReportBook(spec.name, spec.merge_reports) if spec.reporter is not None else None
         )

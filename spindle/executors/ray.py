@@ -66,7 +66,6 @@ import cloudpickle
 
 from .._errors import SpindleError
 from .._failure import Failure, short_repr
-from ..policies.batching import AdaptiveBatch
 from ..policies.dispatch import least_loaded
 from ._ray_fleet import START_TIMEOUT, Actor, Fleet, reason
 from ._ray_session import (
@@ -80,7 +79,7 @@ from ._ray_session import (
 )
 from ._ray_watch import Watchdog
 from ._reports import Report, ReportBook
-from ._worker import PROTOCOL, WorkerConfig
+from ._worker import PROTOCOL
 from .base import Executor, Outcome, WorkerSnapshot, around_fault
 from .loop import timeout_failure
 from .spec import WorkSpec
@@ -131,29 +130,9 @@ class RayExecutor(Executor):
         self.is_async = spec.is_async
         self.timeout = spec.timeout
         self.capacity = workers * (spec.concurrency if spec.is_async else prefetch)
-        batch_size = spec.batch_size
-        if self.is_async and batch_size is None:
-            batch_size = 1
-        max_size = spec.max_batch
-        if spec.max_jobs_per_worker is not None:
-            max_size = min(max_size, spec.max_jobs_per_worker)
-            batch_size = min(batch_size, max_size) if batch_size is not None else None
-        target = max(BATCH_TARGET, workers / MAX_CALLS_PER_SECOND)
-        self._batching = AdaptiveBatch(target=target, max_size=max_size, fixed=batch_size)
+        self._batching = spec.batching(max(BATCH_TARGET, workers / MAX_CALLS_PER_SECOND))
         track = self.timeout is not None and not self.is_async
-        self._config = WorkerConfig(
-            fn=spec.fn,
-            flat=spec.flat,
-            is_async=spec.is_async,
-            concurrency=max(1, spec.concurrency),
-            stage=spec.name,
-            timeout=self.timeout,
-            init=spec.init,
-            memory_limit=spec.max_memory_per_worker,
-            reporter=spec.reporter,
-            # A stage's setup (the run's cache), where this version of spindle has one.
-            **({"setup": setup} if (setup := getattr(spec, "setup", None)) else {}),
-        )
+        self._config = spec.worker_config()
         self.reports = (
             ReportBook(spec.name, spec.merge_reports) if spec.reporter is not None else None
         )

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..policies.batching import AdaptiveBatch
 from ..policies.dispatch import LEAST_LOADED, Dispatch
 from ._reports import MergeFn, ReporterFn
+
+if TYPE_CHECKING:
+    from ._worker import WorkerConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +74,35 @@ class WorkSpec:
     #: The Ray cluster to join (``"auto"``, ``"HOST:PORT"``, ``"ray://..."``); None: the
     #: Ray this process is connected to, or a local one started for the run.
     ray_address: str | None = None
+
+    # -- what the process and Ray executors derive alike -----------------------------
+
+    def batching(self, target: float = 0.02) -> AdaptiveBatch:
+        """The adaptive batches of a stage on worker processes or actors, aimed at
+        ``target`` seconds of work: single items for an async function (each is one
+        call among ``concurrency``), never more than ``max_jobs_per_worker``."""
+        batch_size = self.batch_size
+        if self.is_async and batch_size is None:
+            batch_size = 1
+        max_size = self.max_batch
+        if self.max_jobs_per_worker is not None:
+            max_size = min(max_size, self.max_jobs_per_worker)
+            batch_size = min(batch_size, max_size) if batch_size is not None else None
+        return AdaptiveBatch(target=target, max_size=max_size, fixed=batch_size)
+
+    def worker_config(self) -> WorkerConfig:
+        """What each worker process or actor gets of the stage."""
+        from ._worker import WorkerConfig
+
+        return WorkerConfig(
+            fn=self.fn,
+            flat=self.flat,
+            is_async=self.is_async,
+            concurrency=max(1, self.concurrency),
+            stage=self.name,
+            timeout=self.timeout,
+            init=self.init,
+            setup=self.setup,
+            memory_limit=self.max_memory_per_worker,
+            reporter=self.reporter,
+        )
