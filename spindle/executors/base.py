@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypedDict
 
 from .._errors import SpindleError
+from .._failure import Failure
 from .spec import WorkSpec
 
 
@@ -106,3 +109,24 @@ async def around_fault(executor: Executor, items: list[Any], index: int, failed:
     rest = items[index + 1 :]
     after = await executor.run(rest) if rest else Outcome([], 0)
     return Outcome([*before.results, failed, *after.results], before.failures + 1 + after.failures)
+
+
+def decode_results(
+    data: bytes, items: list[Any], stage: str, where: str
+) -> tuple[Outcome, int | None] | Outcome:
+    """A batch's outcome from a worker's ``encode_result`` bytes, with the memory the
+    worker reported (``max_memory_per_worker``); or, when the bytes cannot be
+    unpickled ``where`` they arrived (the parent, the driver), an outcome alone in
+    which every item fails ``Unpicklable``."""
+    try:
+        results, errors, seconds, rss = pickle.loads(data)
+    except BaseException as exc:  # a __setstate__ may raise anything, SystemExit too
+        msg = f"the results could not be unpickled in the {where} ({type(exc).__name__}: {exc})"
+        return Outcome([Failure(x, "Unpicklable", msg, "", 1, stage) for x in items], len(items))
+    for i, (name, message, text, blob) in errors.items():
+        exc_obj: BaseException | None = None
+        if blob is not None:
+            with contextlib.suppress(BaseException):
+                exc_obj = pickle.loads(blob)
+        results[i] = Failure(items[i], name, message, text, 1, stage, exc_obj)
+    return Outcome(results, len(errors), seconds), rss

@@ -71,7 +71,7 @@ from ._handle import (
 )
 from ._reports import Report, ReportBook
 from ._worker import PROTOCOL
-from .base import Executor, Outcome, WorkerSnapshot, around_fault
+from .base import Executor, Outcome, WorkerSnapshot, around_fault, decode_results
 from .loop import timeout_failure
 from .spec import WorkSpec
 
@@ -376,23 +376,13 @@ class ProcessExecutor(Executor):
         return Outcome(results, failures)
 
     def _outcome(self, worker: WorkerHandle, items: list[Any], data: bytes) -> Outcome:
-        stage = self.spec.name
-        try:
-            results, errors, seconds, rss = pickle.loads(data)
-        except BaseException as exc:  # a __setstate__ may raise anything, SystemExit too
-            msg = f"the results could not be unpickled in the parent ({type(exc).__name__}: {exc})"
-            return Outcome(
-                [Failure(x, "Unpicklable", msg, "", 1, stage) for x in items], len(items)
-            )
-        self._batching.observe(len(items), seconds)
+        decoded = decode_results(data, items, self.spec.name, "parent")
+        if isinstance(decoded, Outcome):
+            return decoded
+        outcome, rss = decoded
+        self._batching.observe(len(items), outcome.seconds)
         self._after_batch(worker, len(items), rss)
-        for i, (name, message, text, blob) in errors.items():
-            exc_obj: BaseException | None = None
-            if blob is not None:
-                with contextlib.suppress(BaseException):
-                    exc_obj = pickle.loads(blob)
-            results[i] = Failure(items[i], name, message, text, 1, stage, exc_obj)
-        return Outcome(results, len(errors), seconds)
+        return outcome
 
     def workers_snapshot(self) -> list[WorkerSnapshot]:
         out: list[WorkerSnapshot] = []

@@ -57,7 +57,6 @@ Async actors enforce the timeout themselves, as deadlines on their loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import pickle
 from typing import Any
@@ -80,7 +79,7 @@ from ._ray_session import (
 from ._ray_watch import Watchdog
 from ._reports import Report, ReportBook
 from ._worker import PROTOCOL
-from .base import Executor, Outcome, WorkerSnapshot, around_fault
+from .base import Executor, Outcome, WorkerSnapshot, around_fault, decode_results
 from .loop import timeout_failure
 from .spec import WorkSpec
 
@@ -380,23 +379,13 @@ class RayExecutor(Executor):
         return Outcome(results, failures)
 
     def _outcome(self, actor: Actor, items: list[Any], data: bytes) -> Outcome:
-        stage = self.spec.name
-        try:
-            results, errors, seconds, rss = pickle.loads(data)
-        except BaseException as exc:  # a __setstate__ may raise anything, SystemExit too
-            msg = f"the results could not be unpickled in the driver ({type(exc).__name__}: {exc})"
-            return Outcome(
-                [Failure(x, "Unpicklable", msg, "", 1, stage) for x in items], len(items)
-            )
-        self._batching.observe(len(items), seconds)
+        decoded = decode_results(data, items, self.spec.name, "driver")
+        if isinstance(decoded, Outcome):
+            return decoded
+        outcome, rss = decoded
+        self._batching.observe(len(items), outcome.seconds)
         self._fleet.after_batch(actor, len(items), rss)
-        for i, (name, message, text, blob) in errors.items():
-            exc_obj: BaseException | None = None
-            if blob is not None:
-                with contextlib.suppress(BaseException):
-                    exc_obj = pickle.loads(blob)
-            results[i] = Failure(items[i], name, message, text, 1, stage, exc_obj)
-        return Outcome(results, len(errors), seconds)
+        return outcome
 
     # -- deaths ---------------------------------------------------------------------
 
