@@ -35,9 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import pickle
 import uuid
-import warnings
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from types import ModuleType
@@ -421,19 +419,8 @@ class Fleet:
 
     def take_report(self, actor: Actor, payload: bytes) -> None:
         """Keep ``actor``'s latest report (pickled by the actor)."""
-        if self.reports is None:
-            return
-        try:
-            report = pickle.loads(payload)
-        except Exception as exc:
-            warnings.warn(
-                f"a report of stage {self.spec.name!r} could not be unpickled in the "
-                f"driver ({type(exc).__name__}: {exc}); reporters should return plain data",
-                RuntimeWarning,
-                stacklevel=1,
-            )
-            return
-        self.reports.update(actor, report)
+        if self.reports is not None:
+            self.reports.take(actor, payload, "driver")
 
     def spawn(
         self, coro: Coroutine[Any, Any, None], tasks: set[asyncio.Task[Any]] | None = None

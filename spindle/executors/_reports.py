@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -158,6 +159,22 @@ class ReportBook:
         with self._lock:
             self._live[worker] = report
             self.received += 1
+
+    def take(self, worker: Hashable, payload: bytes, where: str) -> None:
+        """:meth:`update` with a report as the worker pickled it. One that cannot be
+        unpickled ``where`` it arrived (a class the parent or driver cannot import) is
+        worth a warning, not the run."""
+        try:
+            report = pickle.loads(payload)
+        except Exception as exc:
+            warnings.warn(
+                f"a report of stage {self.stage!r} could not be unpickled in the {where} "
+                f"({type(exc).__name__}: {exc}); reporters should return plain data",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
+        self.update(worker, report)
 
     def end(self, worker: Hashable) -> None:
         """The worker stopped: its last report counts for good.

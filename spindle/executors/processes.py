@@ -53,7 +53,6 @@ import multiprocessing.spawn
 import pickle
 import signal
 import time
-import warnings
 from typing import Any
 
 import cloudpickle
@@ -189,21 +188,8 @@ class ProcessExecutor(Executor):
         self._free.set()
 
     def on_report(self, worker: WorkerHandle, payload: bytes) -> None:
-        if self.reports is None:
-            return
-        try:
-            report = pickle.loads(payload)
-        except Exception as exc:
-            # The worker pickled a dict it made; only a class the parent cannot
-            # import gets here. Worth a warning, not the run.
-            warnings.warn(
-                f"a report of stage {self.spec.name!r} could not be unpickled in the "
-                f"parent ({type(exc).__name__}: {exc}); reporters should return plain data",
-                RuntimeWarning,
-                stacklevel=1,
-            )
-            return
-        self.reports.update(worker, report)
+        if self.reports is not None:
+            self.reports.take(worker, payload, "parent")
 
     def report(self) -> Report | None:
         return self.reports.merged() if self.reports is not None else None

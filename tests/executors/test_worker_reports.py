@@ -173,3 +173,14 @@ def test_the_default_merge_adds_numbers_and_nested_dicts() -> None:
         ]
     )
     assert merged == {"n": 3, "x": 0.75, "tag": "b", "by": {"p": 2, "q": 4}, "ok": False}
+
+
+def test_a_report_that_cannot_be_unpickled_is_a_warning_not_the_runs_end() -> None:
+    import pickle
+
+    book = ReportBook("parse", None)
+    book.take("w1", pickle.dumps({"rows": 3}), "parent")
+    unpickled = r"report of stage 'parse' could not be unpickled in the driver"
+    with pytest.warns(RuntimeWarning, match=unpickled):
+        book.take("w2", b"\x80\x05not a pickle", "driver")
+    assert book.received == 1 and book.merged() == {"rows": 3}
