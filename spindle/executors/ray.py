@@ -89,7 +89,7 @@ from .spec import WorkSpec
 BATCH_TARGET = 0.1
 #: Calls a second the driver makes at most, whatever the number of actors: each costs
 #: the driver about a millisecond of CPU (Ray's threads in it included; ``bench.ray``'s
-#: scaling rows: 7,000-9,000 items of 10 ms a driver CPU second, batches of ten), so
+#: scaling rows: 6,500-9,100 items of 10 ms a driver CPU second, batches of ten), so
 #: with more than 20 actors batches grow past :data:`BATCH_TARGET` to keep the driver
 #: at about a fifth of a core.
 MAX_CALLS_PER_SECOND = 200.0

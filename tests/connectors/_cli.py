@@ -22,6 +22,19 @@ def spindle_map(*args: str, cwd: Path, timeout: float = 180) -> subprocess.Compl
     )
 
 
+def refused_in_one_line(
+    work: Path, args: list[str], expected: str, job: str = "jobs:shout"
+) -> None:
+    """``spindle map JOB ARGS`` (with ``in.txt`` of one line) exits 2 with one line of
+    error that holds ``expected`` and no password (``pw``) of a URL."""
+    (work / "in.txt").write_text("x\n")
+    done = spindle_map(job, *args, cwd=work)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    assert "pw@" not in done.stderr
+
+
 def workers_of(proc: subprocess.Popen[Any]) -> list[psutil.Process]:
     """The worker processes of a ``spindle map`` run, oldest first (the first ones are
     forked, so they have its command line; replacements run spindle's worker code)."""

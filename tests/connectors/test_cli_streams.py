@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ._cli import spindle_map
+from ._cli import refused_in_one_line, spindle_map
 from ._servers import postgres_url, redis_url
 
 JOB = """
@@ -264,9 +264,4 @@ def test_a_file_into_postgres_by_key_twice_writes_each_key_once(
 def test_bad_urls_and_options_are_one_line(work: Path, args: list[str], expected: str) -> None:
     pytest.importorskip("redis", reason="the redis client is not installed")
     pytest.importorskip("psycopg", reason="the psycopg client is not installed")
-    (work / "in.txt").write_text("x\n")
-    done = spindle_map("jobs:shout", *args, cwd=work)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], done.stderr
-    assert "pw@" not in done.stderr
+    refused_in_one_line(work, args, expected)

@@ -36,7 +36,7 @@ from spindle.connectors import (
     open_source,
 )
 
-from ._cli import kill_a_worker, spindle_map
+from ._cli import kill_a_worker, refused_in_one_line, spindle_map
 from ._servers import NATS_SERVER, NATS_URL, nats_url, on_nats, postgres_url
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -755,12 +755,7 @@ def test_a_file_into_nats_twice_publishes_each_key_once(work: Path, nats_stream:
 )
 def test_bad_urls_are_one_line(work: Path, args: list[str], expected: str) -> None:
     pytest.importorskip("nats", reason="the nats-py client is not installed")
-    (work / "in.txt").write_text("x\n")
-    done = spindle_map("jobs:shout", *args, cwd=work)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], done.stderr
-    assert "pw@" not in done.stderr
+    refused_in_one_line(work, args, expected)
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ from spindle.connectors import (
     open_source,
 )
 
-from ._cli import spindle_map
+from ._cli import refused_in_one_line, spindle_map
 from ._servers import POSTGRES_URL, postgres_url, unique
 
 pytestmark = pytest.mark.timeout(120)
@@ -582,8 +582,4 @@ def test_a_queue_table_into_the_same_database_is_exactly_once_across_kills(
 def test_bad_postgres_inputs_are_one_line(
     pg: Any, work: Path, args: list[str], expected: str
 ) -> None:
-    done = spindle_map("jobs:work", *args, cwd=work)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], done.stderr
-    assert "pw@" not in done.stderr
+    refused_in_one_line(work, args, expected, job="jobs:work")

@@ -33,7 +33,7 @@ from spindle.connectors import (
     open_source,
 )
 
-from ._cli import spindle_map
+from ._cli import refused_in_one_line, spindle_map
 from ._servers import POSTGRES_URL, RABBITMQCTL, amqp_url, on_rabbit, postgres_url
 
 # -- the broker, from the tests' side --------------------------------------------------------
@@ -663,12 +663,7 @@ def test_map_from_a_file_into_a_queue_and_on(work: Path, rabbit_queue: str) -> N
 )
 def test_bad_urls_are_one_line(work: Path, args: list[str], expected: str) -> None:
     pytest.importorskip("aio_pika", reason="the aio-pika client is not installed")
-    (work / "in.txt").write_text("x\n")
-    done = spindle_map("jobs:shout", *args, cwd=work)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], done.stderr
-    assert "pw@" not in done.stderr
+    refused_in_one_line(work, args, expected)
 
 
 @pytest.mark.slow
