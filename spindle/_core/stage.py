@@ -35,7 +35,7 @@ MAX_CPU_BATCH = 4096
 #: The same for a stage on Ray actors: a call to an actor costs the driver about ten
 #: times a frame to a local worker. On a local Ray, tiny items ran 1.00-1.07M items/s
 #: after the actors' start in fixed batches of 16,384, against 0.85-0.90M in batches of
-#: 4,096 (adaptive batches up to 16,384: 0.92-0.95M).
+#: 4,096 (adaptive batches up to 16,384: 0.92-1.04M).
 MAX_RAY_BATCH = 16384
 
 
