@@ -55,10 +55,10 @@ def workers_of(proc: subprocess.Popen[Any]) -> list[psutil.Process]:
     return [child for _, child in sorted(found, key=lambda pair: pair[0])]
 
 
-def kill_a_worker(proc: subprocess.Popen[Any]) -> None:
-    """SIGKILL the oldest worker of ``proc`` (surely past its start), and wait until
-    the run has reaped it."""
-    workers = workers_of(proc)
+def kill_a_worker(proc: subprocess.Popen[Any], spare: int | None = None) -> None:
+    """SIGKILL the oldest worker of ``proc`` (surely past its start) but the one of
+    pid ``spare``, and wait until the run has reaped it."""
+    workers = [w for w in workers_of(proc) if w.pid != spare]
     assert workers, "the run has no worker to kill"
     victim = workers[0]
     victim.send_signal(signal.SIGKILL)

@@ -33,7 +33,7 @@ from spindle.connectors import (
     open_source,
 )
 
-from ._cli import refused_in_one_line, spindle_map
+from ._cli import kill_a_worker, refused_in_one_line, spindle_map
 from ._servers import POSTGRES_URL, RABBITMQCTL, amqp_url, on_rabbit, postgres_url
 
 # -- the broker, from the tests' side --------------------------------------------------------
@@ -533,7 +533,7 @@ def work(x):
         except FileExistsError:
             return x["n"] * 2
         fd = os.open(os.environ["SPINDLE_TEST_FIFO"], os.O_WRONLY | os.O_NONBLOCK)
-        os.write(fd, b"x")
+        os.write(fd, str(os.getpid()).encode())
         os.close(fd)
         with open(os.environ["SPINDLE_TEST_RELEASE"], "rb") as release:  # until the test opens it
             release.read()
@@ -577,11 +577,13 @@ class Held:
             start_new_session=True,
         )
 
-    def wait_started(self) -> None:
+    def wait_started(self) -> int:
+        """Wait until the held job runs; the pid of the worker process running it."""
         ready_, _, _ = select.select([self.reader], [], [], 90)
         if not ready_:
             self.kill()
             raise AssertionError(f"the held job never started: {self.proc.communicate()[1]}")
+        return int(os.read(self.reader, 100))
 
     def release(self) -> None:
         os.close(os.open(self.release_path, os.O_WRONLY))  # the job's open returns, reads EOF
@@ -675,7 +677,8 @@ def test_chaos_kills_and_a_closed_connection_leave_one_row_per_message(
     malformed = {i for i in range(n) if i % 1000 == 999}
     bodies = [b"{not json %d" % i if i in malformed else {"n": i} for i in range(n)]
     publish(rabbit_queue, bodies, [f"m{i}" for i in range(n)])
-    command = ["jobs:work", amqp_url(rabbit_queue), "-o", postgres_url(table)]
+    # A job whose worker is killed under it runs again (WorkerCrashed, then a retry).
+    command = ["jobs:work", amqp_url(rabbit_queue), "-o", postgres_url(table), "--retries", "3"]
     for tag, stop_at in (("first", 3000), ("second", 9000)):  # killed while a job runs
         run = Held(work, tag, command, stop_at)
         held.append(run)
@@ -687,7 +690,8 @@ def test_chaos_kills_and_a_closed_connection_leave_one_row_per_message(
     stats = work / "stats.json"
     last = Held(work, "last", [*command, "--drain", "--stats-json", str(stats)], 15_000)
     held.append(last)
-    last.wait_started()
+    holder = last.wait_started()
+    kill_a_worker(last.proc, spare=holder)  # SIGKILL the other worker process
     close_all_connections()  # the broker closes the run's connection while a job runs
     last.release()
     _, err = last.proc.communicate(timeout=300)
@@ -703,6 +707,7 @@ def test_chaos_kills_and_a_closed_connection_leave_one_row_per_message(
     fails = dict(pg.execute(f"SELECT key, error FROM {table}_failures").fetchall())
     assert fails == {f"m{i}": "MalformedInput" for i in malformed}
     assert queue_state(rabbit_queue) == {"messages": 0, "unacked": 0}
+    assert json.loads(stats.read_text())["stages"][0]["restarts"] >= 1  # the killed worker
     row = json.loads(stats.read_text())["connectors"][0]
     source_row = {**row, **row.get("extra", {})}  # the source's own figures
     assert source_row["reconnects"] == 1 and source_row["redelivered"] > n - rows
