@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -646,8 +647,11 @@ class Marked:
         self.buffer = b""
         self.err = ""
         env = dict(os.environ, SPINDLE_TEST_FIFO=str(self.fifo), SPINDLE_TEST_MARKS=marks)
+        # The run's snapshot, for the message of a mark that never comes.
+        self.dashboard = free_port()
+        command = [sys.executable, "-m", "spindle", "map", *args, "--workers", "2", "-q"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "spindle", "map", *args, "--workers", "2", "-q"],
+            [*command, "--dashboard", str(self.dashboard)],
             cwd=work,
             env=env,
             stdout=subprocess.PIPE,
@@ -662,9 +666,22 @@ class Marked:
             left = deadline - time.monotonic()
             ready, _, _ = select.select([self.reader], [], [], max(left, 0))
             if not ready:
+                state = self.snapshot()
                 self.kill()
-                raise AssertionError(f"the job of message {at} never ran: {self.err}")
+                raise AssertionError(
+                    f"the job of message {at} never ran: {self.err}\nthe run then: {state}"
+                )
             self.buffer += os.read(self.reader, 100)
+
+    def snapshot(self) -> str:
+        """The run's workers and connectors, from its dashboard (or why not)."""
+        url = f"http://127.0.0.1:{self.dashboard}/api/snapshot"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                snap = json.loads(answer.read())
+        except (OSError, ValueError) as exc:
+            return f"no snapshot ({exc})"
+        return json.dumps({k: snap.get(k) for k in ("stages", "workers", "connectors")})
 
     def kill(self) -> None:
         if self.proc.poll() is None:
