@@ -73,7 +73,7 @@ class _State:
     """What an executor shares with its threads: not the executor itself, so that an
     executor nobody holds can be collected (and its run ended)."""
 
-    __slots__ = ("__weakref__", "broken", "cause", "lock", "pending", "queue", "shutdown")
+    __slots__ = ("__weakref__", "broken", "cause", "lock", "pending", "queue", "shutdown", "taking")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -84,6 +84,8 @@ class _State:
         #: One object per task less than a (task, future) pair: with many futures
         #: alive, the garbage collector's work per submit is what costs most.
         self.pending: dict[int, Future[Any]] = {}
+        #: Held by the source while it takes a chunk of tasks, and by cancel_pending.
+        self.taking = threading.Lock()
         self.shutdown = False
         #: Why the executor cannot take tasks any more (its run failed), else None.
         self.broken: str | None = None
@@ -107,9 +109,12 @@ class _State:
             self.queue.put(_STOP)
 
     def cancel_pending(self) -> None:
-        """Cancel every future that has not started (the source then drops its task)."""
-        for future in self.pending.copy().values():
-            future.cancel()
+        """Cancel every future that has not started (the source then drops its task).
+        The source takes no task meanwhile: what is cancelled is all that it had not
+        taken, not some of it, in turns with the source."""
+        with self.taking:
+            for future in self.pending.copy().values():
+                future.cancel()
 
 
 #: Executors with a run going, told to stop when the interpreter exits (before it
@@ -133,35 +138,39 @@ def _draw(state: _State) -> Iterator[list[Any]]:
     the queue as one chunk, until the sentinel."""
     yield [Failure(_READY, "", "", "")]  # passes through the stage untouched
     get, get_nowait, pending = state.queue.get, state.queue.get_nowait, state.pending
+    taking = state.taking
     while True:
         chunk: list[Any] = []
         # The last task of a chunk is not held while waiting for the next one (so a
         # task's arguments go once its future has settled, as on the standard pools).
         task = future = None
         task = get()
-        while True:
-            if task is _STOP:
-                if chunk:
-                    yield chunk
-                return
-            future = pending.get(id(task))
-            if future is not None:
+        stop = False
+        with taking:
+            while True:
+                if task is _STOP:
+                    stop = True
+                    break
+                future = pending.get(id(task))
+                if future is not None:
+                    try:
+                        running = future.set_running_or_notify_cancel()
+                    except RuntimeError:  # failed meanwhile by terminate_workers()
+                        running = False
+                    if running:
+                        chunk.append(task)
+                    else:
+                        pending.pop(id(task), None)
+                if len(chunk) >= _DRAW:
+                    break
                 try:
-                    running = future.set_running_or_notify_cancel()
-                except RuntimeError:  # failed meanwhile by terminate_workers()
-                    running = False
-                if running:
-                    chunk.append(task)
-                else:
-                    pending.pop(id(task), None)
-            if len(chunk) >= _DRAW:
-                break
-            try:
-                task = get_nowait()
-            except queue.Empty:
-                break
+                    task = get_nowait()
+                except queue.Empty:
+                    break
         if chunk:
             yield chunk
+        if stop:
+            return
 
 
 def _settle(state: _State, chunks: Iterable[tuple[list[Any], list[Any]]]) -> None:
